@@ -1,0 +1,1 @@
+"""Model complexity: parameters, multiply-adds and FLOPs with attention counted exactly."""

@@ -1,0 +1,1 @@
+"""Embedded demo data: a deterministic synthetic COCO-format detection set."""

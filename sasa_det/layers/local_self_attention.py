@@ -1,0 +1,156 @@
+"""SASA layer: local self-attention as a drop-in replacement for a k x k spatial convolution."""
+import math
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..ops import local_attention_2d
+from ..ops.local_attention import IMPLEMENTATIONS, PADDING_MODES
+from .positional import sinusoidal_2d
+
+POSITIONAL_ENCODINGS = ('relative', 'absolute', 'none')
+LOGITS = ('content+relative', 'relative', 'content')
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f'{name} must be one of {tuple(allowed)}, got {value!r}')
+
+
+class LocalSelfAttention2d(nn.Module):
+    """Stand-alone self-attention over each pixel's k x k neighbourhood (Ramachandran et al. 2019).
+
+    ``y_ij = sum_{ab in N_k(ij)} softmax_ab(q_ij . k_ab + q_ij . r_{a-i,b-j}) v_ab`` with dense 1x1
+    projections q = W_Q x, k = W_K x, v = W_V x (no bias), ``heads`` groups of d = C_out / heads
+    channels, and relative embeddings r = concat(r_row[a-i], r_col[b-j]) of d/2 + d/2 dims shared
+    by all heads. Neighbours outside the image are excluded from the softmax
+    (``padding_mode='mask'``). A stride of 2 is a 2x2 average pool after stride-1 attention.
+
+    Args:
+        in_channels, out_channels: C_in and C_out; C_out must divide by ``heads``.
+        kernel_size: window size k (odd, any size; may exceed the feature map).
+        stride: 1 or 2.
+        heads: number of attention heads.
+        positional_encoding: 'relative' (learned row/column tables), 'absolute' (2D sinusoidal
+            embedding of the key's position, in place of r) or 'none'.
+        logits: 'content+relative' (q.k + q.r), 'relative' (q.r only) or 'content' (q.k only).
+        padding_mode: 'mask' (default) or 'zeros' (zero keys and values that stay in the softmax,
+            as in implementations that zero-pad).
+        scale: factor on the logits; None (default) is the paper's unscaled formula. Use
+            ``head_dim ** -0.5`` for Transformer-style scaling.
+        bias: add a learned bias to the output (for ConvModule's bias=True); the paper has none.
+        implementation: see :func:`sasa_det.ops.local_attention_2d`.
+        padding, dilation, groups: accepted for ``build_conv_layer`` compatibility; attention keeps
+            the spatial size, so padding is ignored, and only dilation=1, groups=1 are supported.
+
+    Shape:
+        x (N, C_in, H, W) -> (N, C_out, ceil(H / stride), ceil(W / stride)).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 7, stride: int = 1,
+                 heads: int = 8, positional_encoding: str = 'relative',
+                 logits: str = 'content+relative', padding_mode: str = 'mask',
+                 scale: Optional[float] = None, bias: bool = False,
+                 implementation: str = 'auto', padding=None, dilation: int = 1,
+                 groups: int = 1) -> None:
+        super().__init__()
+        if isinstance(kernel_size, (tuple, list)):
+            if len(set(kernel_size)) != 1:
+                raise ValueError(f'kernel_size must be square, got {kernel_size!r}')
+            kernel_size = kernel_size[0]
+        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size!r}')
+        if stride not in (1, 2, (1, 1), (2, 2)):
+            raise ValueError(f'stride must be 1 or 2, got {stride!r}')
+        if dilation not in (1, (1, 1)) or groups != 1:
+            raise ValueError(f'dilation and groups must be 1, got dilation={dilation!r}, '
+                             f'groups={groups!r}')
+        if heads < 1 or out_channels % heads:
+            raise ValueError(f'out_channels ({out_channels}) must be divisible by heads '
+                             f'({heads!r})')
+        _check_choice('positional_encoding', positional_encoding, POSITIONAL_ENCODINGS)
+        _check_choice('logits', logits, LOGITS)
+        _check_choice('padding_mode', padding_mode, PADDING_MODES)
+        _check_choice('implementation', implementation, IMPLEMENTATIONS)
+        uses_position = logits != 'content'
+        if uses_position != (positional_encoding != 'none'):
+            raise ValueError(f"logits={logits!r} needs positional_encoding "
+                             f"{'in (relative, absolute)' if uses_position else '= none'}, "
+                             f"got positional_encoding={positional_encoding!r}")
+        head_dim = out_channels // heads
+        if uses_position and head_dim % 2:
+            raise ValueError(f'positional encodings split the head dim into row and column halves, '
+                             f'so out_channels / heads must be even, got {head_dim} '
+                             f'(out_channels={out_channels}, heads={heads})')
+
+        stride = stride[0] if isinstance(stride, tuple) else stride
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.heads, self.head_dim = kernel_size, stride, heads, head_dim
+        self.positional_encoding, self.logits = positional_encoding, logits
+        self.padding_mode, self.implementation = padding_mode, implementation
+        self.scale = scale
+        # ConvModule reads these off its conv.
+        self.padding, self.dilation, self.groups = (0, 0), (1, 1), 1
+        self.transposed, self.output_padding = False, (0, 0)
+
+        self.uses_content = logits != 'relative'
+        projections = 3 if self.uses_content else 2  # no W_K when no logit uses keys
+        self.qkv = nn.Linear(in_channels, projections * out_channels, bias=False)
+        if positional_encoding == 'relative':
+            self.rel_row = nn.Parameter(torch.empty(kernel_size, head_dim // 2))
+            self.rel_col = nn.Parameter(torch.empty(kernel_size, head_dim // 2))
+        else:
+            self.register_parameter('rel_row', None)
+            self.register_parameter('rel_col', None)
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Kaiming-normal fan-in init of each projection, as for the 1x1 convs they are.
+        nn.init.normal_(self.qkv.weight, std=math.sqrt(1.0 / self.in_channels))
+        if self.rel_row is not None:
+            nn.init.normal_(self.rel_row, std=self.head_dim ** -0.5)
+            nn.init.normal_(self.rel_col, std=self.head_dim ** -0.5)
+
+    @property
+    def value_weight(self) -> Tensor:
+        """W_V as a (C_out, C_in) view of the fused projection weight."""
+        return self.qkv.weight[-self.out_channels:]
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, _, h, w = x.shape
+        shape = (n, h, w, self.heads, self.head_dim)
+        # Channels-last projections: every head's d channels are contiguous per pixel.
+        qkv = self.qkv(x.permute(0, 2, 3, 1)).unflatten(-1, (-1, self.heads, self.head_dim))
+        q, v = qkv[..., 0, :, :], qkv[..., -1, :, :]
+        k = qkv[..., 1, :, :] if self.uses_content else None
+        if self.scale is not None:
+            q = q * self.scale
+
+        row_logits = col_logits = None
+        if self.positional_encoding == 'relative':
+            half = self.head_dim // 2
+            row_logits = q[..., :half] @ self.rel_row.t()  # q . r_row[u]: (N, H, W, heads, k)
+            col_logits = q[..., half:] @ self.rel_col.t()  # q . r_col[w]
+        elif self.positional_encoding == 'absolute':
+            position = sinusoidal_2d(h, w, self.head_dim, x.device, q.dtype)[:, :, None, :]
+            k = position.expand(shape) if k is None else k + position  # q.(k + p) = q.k + q.p
+
+        y = local_attention_2d(q, k, v, self.kernel_size, row_logits, col_logits,
+                               self.padding_mode, self.implementation)
+        y = y.reshape(n, h, w, self.out_channels)
+        if self.bias is not None:
+            y = y + self.bias
+        y = y.permute(0, 3, 1, 2)  # (N, C, H, W), channels-last in memory
+        if self.stride == 2:
+            y = F.avg_pool2d(y, 2, 2, ceil_mode=True)
+        return y
+
+    def extra_repr(self) -> str:
+        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
+                f'stride={self.stride}, heads={self.heads}, '
+                f'positional_encoding={self.positional_encoding!r}, logits={self.logits!r}, '
+                f'padding_mode={self.padding_mode!r}, scale={self.scale}')

@@ -1,0 +1,1 @@
+"""mmdet registrations: backbones."""

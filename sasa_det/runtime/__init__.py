@@ -1,0 +1,1 @@
+"""Runtime fixes for mmengine (safe checkpoint loading)."""

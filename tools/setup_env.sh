@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Take a fresh machine to a working sasa-det environment in .venv at the repository root.
+#
+# Idempotent: a second run on a ready machine only checks and exits. The slow step is mmcv 2.1.0,
+# which has no wheel for torch 2.14 on PyPI: it is compiled from its sdist (with ops, about 20-30
+# minutes on 2 cores) once, and the wheel is cached in $SASA_DET_CACHE (default
+# ~/.cache/sasa-det) for every later run and every other clone on this machine.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV="$ROOT/.venv"
+CACHE="${SASA_DET_CACHE:-$HOME/.cache/sasa-det}"
+PYTHON="${PYTHON:-python3.11}"
+TORCH_VERSION=2.14.1
+TORCHVISION_VERSION=0.29.1
+MMCV_VERSION=2.1.0
+MMCV_WHEELS="$CACHE/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cp311"
+STEP="starting"
+START=$(date +%s)
+
+say() { printf '[setup %4ss] %s\n' "$(( $(date +%s) - START ))" "$*"; }
+on_error() { say "FAILED during step: $STEP (see the output above)"; }
+trap on_error ERR
+step() { STEP="$1"; say "$1"; }
+
+pip_q() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
+
+step "virtual environment in $VENV"
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+
+step "build tools (pip, setuptools>=77,<80 for mmcv's pkg_resources, wheel, ninja)"
+if ! "$PY" -c "import ninja, wheel, setuptools as s, sys; v=tuple(map(int, s.__version__.split('.')[:2])); sys.exit(not (77,0) <= v < (80,0))" 2>/dev/null; then
+    pip_q --upgrade pip 'setuptools>=77,<80' wheel ninja
+fi
+
+step "torch $TORCH_VERSION and torchvision $TORCHVISION_VERSION (from this machine's disk when present)"
+if ! "$PY" -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.startswith('$TORCH_VERSION') and torchvision.__version__.startswith('$TORCHVISION_VERSION')))" 2>/dev/null; then
+    pip_q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
+fi
+
+step "mmcv $MMCV_VERSION with ops"
+if "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null; then
+    say "mmcv $MMCV_VERSION already installed"
+else
+    wheel=$(ls "$MMCV_WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
+    if [ -z "$wheel" ]; then
+        step "mmcv $MMCV_VERSION: compiling from source, ONCE (about 20-30 minutes on 2 cores); cached in $MMCV_WHEELS"
+        build=$(mktemp -d)
+        "$PY" -m pip download --disable-pip-version-check -q --no-deps --no-binary :all: \
+            --no-build-isolation -d "$build" "mmcv==$MMCV_VERSION"
+        tar -xzf "$build"/mmcv-"$MMCV_VERSION".tar.gz -C "$build"
+        src="$build/mmcv-$MMCV_VERSION"
+        # torch >= 2.10 headers need C++20; mmcv's setup.py pins -std=c++17 (or c++14).
+        sed -i -e 's/-std=c++17/-std=c++20/g' -e 's/-std=c++14/-std=c++20/g' "$src/setup.py"
+        mkdir -p "$MMCV_WHEELS"
+        log="$build/build.log"
+        say "compiler log: $log (progress below is ninja's [done/total] count)"
+        # ninja prints "[i/n] ..." per object file: show every 10th so progress is visible.
+        (cd "$src" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+            "$PY" -m pip wheel -v --no-deps --no-build-isolation -w "$build/dist" . >"$log" 2>&1) &
+        pid=$!
+        last=""
+        while kill -0 "$pid" 2>/dev/null; do
+            sleep 20
+            cur=$(grep -oE '^\[[0-9]+/[0-9]+\]' "$log" 2>/dev/null | tail -n 1 || true)
+            if [ -n "$cur" ] && [ "$cur" != "$last" ]; then say "mmcv compile $cur"; last="$cur"; fi
+        done
+        if ! wait "$pid"; then
+            tail -n 60 "$log"
+            false
+        fi
+        cp "$build"/dist/mmcv-"$MMCV_VERSION"-*.whl "$MMCV_WHEELS"/
+        wheel=$(ls "$MMCV_WHEELS"/mmcv-"$MMCV_VERSION"-*.whl | head -n 1)
+        rm -rf "$build"
+    else
+        say "reusing cached wheel $wheel"
+    fi
+    pip_q "$wheel"
+fi
+
+step "mmengine, mmdet, pycocotools, timm, test tools, and sasa_det itself (editable)"
+if ! "$PY" -c "import mmdet, mmengine, pycocotools, timm, pytest, sasa_det" 2>/dev/null; then
+    pip_q --no-build-isolation -e "$ROOT[dev]"
+fi
+
+step "check: versions and that mmcv's compiled ops load"
+"$PY" - <<'PY'
+import mmcv, mmcv.ops, mmdet, mmengine, timm, torch, torchvision
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
+      f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, timm {timm.__version__}")
+PY
+say "environment ready: $VENV"
