@@ -9,3 +9,4 @@ from . import ops, layers  # noqa: E402,F401
 from . import runtime  # noqa: E402,F401  (safe checkpoint loading for mmengine)
 from . import models  # noqa: E402,F401
 from . import timm_models  # noqa: E402,F401
+from . import reliability  # noqa: E402,F401

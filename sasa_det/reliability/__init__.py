@@ -1,0 +1,1 @@
+"""Reliability: atomic checkpoints, corrupt-checkpoint fallback, non-finite loss and data checks."""
