@@ -1,0 +1,91 @@
+"""Exact multiply-add counts of the attention layers' own arithmetic, from the shapes in one pass.
+
+Each rule counts what the layer's ``forward`` computes itself; its child modules (the projection
+``nn.Linear``/1x1 convs, norms, pools) are counted by the standard rules like any other module.
+Conventions (those :mod:`sasa_det.analysis.standard_rules` applies to convolutions):
+
+- A dot product of length n is n multiply-adds. Softmax, masking, the logit scale (foldable into
+  W_Q), biases and additions of logit terms are not multiply-adds and are not counted, as
+  mmengine counts neither a convolution's bias nor an activation.
+- Windowed attention is counted **per window position**: every query attends to all k x k
+  offsets of its window (all s x s pixels of its block in the stem), inside the image or not.
+  This is the paper-style count and what a dense kernel computes; it does not depend on
+  ``padding_mode`` (masked-out neighbours count) nor on the kernel implementation.
+- Relative logits are counted in their factorised form: a query meets k row and k column
+  embeddings of d/2 dims (SASA), or W + H embeddings of d_k^h dims (AA), never k^2 or HW
+  combined offsets.
+- Average pools are 1 per input element (as mmengine counts adaptive average pools); max pools
+  are free.
+"""
+from ..layers import AAConv2d, LocalSelfAttention2d, SpatiallyAwareStem
+from .counter import register_module_rule
+
+
+@register_module_rule(LocalSelfAttention2d)
+def local_self_attention(module: LocalSelfAttention2d, inputs, output) -> int:
+    """SASA layer on x (N, C_in, H, W): P = N*H*W stride-1 queries, window k, C_out = heads * d.
+
+    Counted by the child ``qkv`` (nn.Linear): P * C_in * 3 C_out (2 C_out with logits='relative').
+    Counted here:
+    - q.k (q.(k + p) or q.p with absolute encodings): P * C_out * k^2 (d per window position
+      and head);
+    - q.r_row and q.r_col: P * heads * (d/2 * k + d/2 * k) = P * C_out * k;
+    - softmax-weighted sum of the values: P * C_out * k^2;
+    - stride 2: the 2x2 average pool, 1 per element of the (N, C_out, H, W) attention output.
+    """
+    n, _, h, w = inputs[0].shape
+    positions, c_out, k = n * h * w, module.out_channels, module.kernel_size
+    macs = positions * c_out * k * k  # softmax-weighted sum of v_ab
+    if module.uses_content or module.positional_encoding == 'absolute':
+        macs += positions * c_out * k * k  # q . k_ab
+    if module.positional_encoding == 'relative':
+        macs += positions * c_out * k  # q . r_row[u] + q . r_col[w]
+    if module.stride == 2:
+        macs += positions * c_out
+    return macs
+
+
+@register_module_rule(SpatiallyAwareStem)
+def spatially_aware_stem(module: SpatiallyAwareStem, inputs, output) -> int:
+    """Attention stem on x (N, C_in, H, W), blocks of s x s, M value matrices, embeddings of E.
+
+    The input is padded to whole blocks: P = N * ceil(H/s) s * ceil(W/s) s positions.
+    Counted by children: ``qk`` (P * C_in * 2 C_out), ``norm``, ``act``, ``pool``. Counted here:
+    - mixture logits (emb_row(a) + emb_col(b)) . nu_m: s^2 * M * E;
+    - mixed value matrices sum_m p(a, b, m) W_V^m: s^2 * M * C_out * C_in (once per forward,
+      cheaper than projecting with all M matrices);
+    - values: P * C_in * C_out;
+    - q.k and the softmax-weighted sum: P * C_out * s^2 each (every pixel of the block).
+    """
+    n, c_in, h, w = inputs[0].shape
+    s, c_out = module.block_size, module.out_channels
+    mixtures, embed_dim = module.value_weights.shape[0], module.nu.shape[1]
+    positions = n * -(-h // s) * s * -(-w // s) * s
+    macs = s * s * mixtures * embed_dim + s * s * mixtures * c_out * c_in
+    macs += positions * c_in * c_out
+    macs += 2 * positions * c_out * s * s
+    return macs
+
+
+@register_module_rule(AAConv2d)
+def attention_augmented_conv(module: AAConv2d, inputs, output) -> int:
+    """AA conv on x (N, C_in, H, W): attention over L = h*w positions of the input (2x2-average
+    pooled when stride 2), key depth d_k and value depth d_v over all heads.
+
+    Counted by children: ``conv``, ``qkv`` and ``proj`` (1x1 convs). Counted here:
+    - q.k over all pairs: N * L^2 * d_k;
+    - relative logits S_W, S_H: N * L * (w + h) * d_k (a query meets w width and h height
+      embeddings of d_k / heads dims per head);
+    - softmax-weighted sum: N * L^2 * d_v;
+    - stride 2: the 2x2 average pool of the input, N * C_in * H * W.
+    """
+    n, c_in, h, w = inputs[0].shape
+    macs = 0
+    if module.stride == 2:
+        macs += n * c_in * h * w
+        h, w = -(-h // 2), -(-w // 2)
+    length = h * w
+    macs += n * length * length * (module.dk + module.dv)
+    if module.relative:
+        macs += n * length * (h + w) * module.dk
+    return macs
