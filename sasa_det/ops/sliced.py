@@ -42,10 +42,12 @@ class _SlicedLocalAttention(torch.autograd.Function):
         # q . 0 + positional ('zeros'); their values are zero either way.
         logits = q.new_full((b, h, w, heads, kernel_size ** 2),
                             float('-inf') if mask else 0.0, dtype=acc)
-        kp = _pad(k, r) if k is not None else None
+        # Products in float32 too: q.k of half inputs overflows float16 long before the sum.
+        qa = q.to(acc)
+        kp = _pad(k.to(acc), r) if k is not None else None
         for o, u, x in _offsets(kernel_size, h, w):
             if kp is not None:
-                logits[..., o] = (q * kp[:, u:u + h, x:x + w]).sum(-1, dtype=acc)
+                logits[..., o] = (qa * kp[:, u:u + h, x:x + w]).sum(-1)
             else:
                 logits[..., o] = 0.0
         grid = logits.view(b, h, w, heads, kernel_size, kernel_size)
@@ -58,7 +60,7 @@ class _SlicedLocalAttention(torch.autograd.Function):
             logits.masked_fill_(~valid, float('-inf'))
         attn = torch.softmax(logits, dim=-1)
 
-        vp = _pad(v, r)
+        vp = _pad(v.to(acc), r)
         out = torch.zeros_like(v, dtype=acc)
         for o, u, x in _offsets(kernel_size, h, w):
             out.addcmul_(attn[..., o, None], vp[:, u:u + h, x:x + w])
@@ -75,7 +77,7 @@ class _SlicedLocalAttention(torch.autograd.Function):
         r = kernel_size // 2
         g = grad_out.to(attn.dtype)
 
-        vp = _pad(v, r)
+        vp = _pad(v.to(attn.dtype), r)
         d_attn = torch.zeros_like(attn)
         d_vp = torch.zeros_like(vp, dtype=attn.dtype)
         for o, u, x in _offsets(kernel_size, h, w):
@@ -86,7 +88,7 @@ class _SlicedLocalAttention(torch.autograd.Function):
 
         d_q = d_k = None
         if k is not None:
-            kp = _pad(k, r)
+            kp = _pad(k.to(attn.dtype), r)
             d_q = torch.zeros_like(q, dtype=attn.dtype)
             d_kp = torch.zeros_like(kp, dtype=attn.dtype)
             qf = q.to(attn.dtype)
