@@ -1,0 +1,219 @@
+"""mmengine checkpoints under torch >= 2.6 (``torch.load`` defaults to ``weights_only=True``).
+
+With ``import sasa_det`` an mmengine Runner resumes from its own checkpoints (iteration counter,
+weights, optimizer and message hub continue), while a checkpoint that carries code is refused on
+every mmengine load path.
+"""
+import copy
+import json
+import os
+import pickle
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mmengine.hooks import Hook
+from mmengine.logging import HistoryBuffer
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
+from mmengine.runner import checkpoint as mmengine_checkpoint
+from torch import nn
+from torch.utils.data import Dataset
+
+import sasa_det  # noqa: F401  (installs the allowlist)
+from sasa_det.runtime import mmengine_checkpoint_globals
+
+CHECKPOINT_INTERVAL = 3
+
+
+class ToyRegressor(BaseModel):
+    """y = w.x + b on 2-d inputs, squared loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+
+    def forward(self, inputs, labels, mode='tensor'):
+        out = self.linear(inputs)  # (B, 1)
+        if mode == 'loss':
+            return dict(loss=((out - labels) ** 2).mean())
+        return out
+
+
+class ToyDataset(Dataset):
+    """16 fixed samples: inputs (2,), labels (1,) = sum of inputs."""
+    metainfo = dict(classes=('toy', ))
+
+    def __len__(self):
+        return 16
+
+    def __getitem__(self, index):
+        x = torch.randn(2, generator=torch.Generator().manual_seed(index))
+        return dict(inputs=x, labels=x.sum(0, keepdim=True))
+
+
+class RecordStateBeforeTrain(Hook):
+    """Keeps what the train loop starts from: after ``load_or_resume``, before the first step."""
+
+    def before_train(self, runner):
+        self.iter = runner.iter
+        self.weights = {k: v.detach().clone() for k, v in runner.model.state_dict().items()}
+        # state_dict() shares the live momentum buffers: copy before training updates them.
+        self.optimizer = copy.deepcopy(runner.optim_wrapper.optimizer.state_dict())
+        self.schedulers = copy.deepcopy([s.state_dict() for s in runner.param_schedulers])
+
+
+def make_runner(work_dir, name, max_iters, resume=False, hooks=()):
+    return Runner(
+        model=ToyRegressor(),
+        work_dir=str(work_dir),
+        experiment_name=name,  # unique: mmengine keeps one MessageHub per experiment name
+        train_dataloader=dict(
+            dataset=ToyDataset(),
+            sampler=dict(type='DefaultSampler', shuffle=True),
+            batch_size=4,
+            num_workers=0,
+            collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
+        # Both schedulers hold state a resume must restore (MultiStepLR: a Counter).
+        param_scheduler=[
+            dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
+            dict(type='MultiStepLR', milestones=[4], by_epoch=False),
+        ],
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=CHECKPOINT_INTERVAL, by_epoch=False),
+            logger=dict(type='LoggerHook', interval=1)),
+        custom_hooks=list(hooks),
+        randomness=dict(seed=0),
+        resume=resume,
+        log_level='WARNING')
+
+
+def allowlisted_names():
+    """The fully qualified names under which our allowlist admits globals."""
+    return {
+        entry[1] if isinstance(entry, tuple) else f'{entry.__module__}.{entry.__qualname__}'
+        for entry in mmengine_checkpoint_globals()
+    }
+
+
+def globals_torch_refuses(path):
+    """Globals in the checkpoint that torch refuses in a fresh process (no sasa_det imported)."""
+    script = ('import json, sys, torch; '
+              'print(json.dumps(torch.serialization.get_unsafe_globals_in_checkpoint(sys.argv[1])))')
+    out = subprocess.run([sys.executable, '-c', script, str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_runner_resumes_from_its_checkpoint(tmp_path):
+    """Train 6 iterations, resume to 9: counter, weights, momentum and logs continue."""
+    first = make_runner(tmp_path, f'{tmp_path.name}_first', max_iters=6)
+    first.train()
+    saved_path = tmp_path / 'iter_6.pth'
+    assert first.iter == 6 and saved_path.is_file() and (tmp_path / 'iter_3.pth').is_file()
+
+    # Without sasa_det the checkpoint does not load; what it lacks is exactly in our allowlist.
+    unsafe = globals_torch_refuses(saved_path)
+    assert unsafe, 'checkpoint loads without our allowlist: this test would not test it'
+    assert unsafe <= allowlisted_names(), unsafe - allowlisted_names()
+    saved = torch.load(saved_path, map_location='cpu')  # default weights_only=True
+    assert saved['meta']['iter'] == 6
+
+    record = RecordStateBeforeTrain()
+    second = make_runner(tmp_path, f'{tmp_path.name}_second', max_iters=9, resume=True,
+                         hooks=[record])
+    second.train()
+
+    assert record.iter == 6
+    assert record.weights.keys() == saved['state_dict'].keys()
+    for key, value in saved['state_dict'].items():
+        torch.testing.assert_close(record.weights[key], value, rtol=0, atol=0)
+    momentum = {i: s['momentum_buffer'] for i, s in record.optimizer['state'].items()}
+    saved_momentum = {i: s['momentum_buffer'] for i, s in saved['optimizer']['state'].items()}
+    assert momentum.keys() == saved_momentum.keys() and momentum
+    for i in momentum:
+        torch.testing.assert_close(momentum[i], saved_momentum[i], rtol=0, atol=0)
+
+    # Scheduler state (last_step, MultiStepLR's Counter of milestones, ...) and the lr continue.
+    assert record.schedulers == saved['param_schedulers']
+    assert [g['lr'] for g in record.optimizer['param_groups']] == pytest.approx([1e-3])
+
+    assert second.iter == 9
+    # The message hub's HistoryBuffer came back through the allowlist: 6 old losses + 3 new.
+    losses, _ = second.message_hub.get_scalar('train/loss').data
+    assert len(losses) == 9
+    assert not torch.equal(second.model.linear.weight.detach(), record.weights['linear.weight'])
+    resumed_end = torch.load(tmp_path / 'iter_9.pth', map_location='cpu')
+    assert resumed_end['meta']['iter'] == 9
+
+
+class RunsShellOnLoad:
+    """Unpickling this runs a shell command (stands in for any code a checkpoint could carry)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {shlex.quote(str(self.marker))}', )
+
+
+class GetattrEscape:
+    """Asks the unpickler for an attribute other than HistoryBuffer's statistics."""
+
+    def __reduce__(self):
+        return getattr, (HistoryBuffer, '__init__')
+
+
+def test_code_payload_is_live(tmp_path):
+    """Control for the refusal tests: unpickled unsafely, the payload does create its marker."""
+    marker = tmp_path / 'marker'
+    pickle.loads(pickle.dumps(RunsShellOnLoad(marker)))
+    assert marker.exists()
+
+
+LOADERS = {
+    '_load_checkpoint': lambda path: mmengine_checkpoint._load_checkpoint(str(path), 'cpu'),
+    'load_checkpoint': lambda path: mmengine_checkpoint.load_checkpoint(
+        ToyRegressor(), str(path), map_location='cpu'),
+    # What http(s)://, torchvision:// and open-mmlab:// checkpoints go through; a file:// URL
+    # reaches the same torch.hub code without a network.
+    'load_url': lambda path: mmengine_checkpoint.load_url(
+        path.as_uri(), model_dir=str(path.parent / 'hub'), map_location='cpu'),
+}
+
+
+@pytest.mark.parametrize('loader', sorted(LOADERS))
+@pytest.mark.parametrize('payload', ['shell', 'getattr', 'object_array'])
+def test_checkpoint_carrying_code_is_refused(tmp_path, loader, payload):
+    """Loading raises UnpicklingError and the payload never runs."""
+    marker = tmp_path / 'marker'
+    extra = {
+        'shell': RunsShellOnLoad(marker),
+        'getattr': GetattrEscape(),
+        'object_array': np.array([1, None], dtype=object),
+    }[payload]
+    path = tmp_path / 'evil.pth'
+    torch.save(dict(state_dict=ToyRegressor().state_dict(), meta=dict(note=extra)), path)
+
+    with pytest.raises(pickle.UnpicklingError):
+        LOADERS[loader](path)
+    assert not marker.exists()
+
+
+def test_resume_of_a_checkpoint_carrying_code_is_refused(tmp_path):
+    """``Runner(resume=True)`` finds the planted checkpoint as the latest one and refuses it."""
+    marker = tmp_path / 'marker'
+    planted = tmp_path / 'iter_3.pth'
+    torch.save(dict(meta=dict(iter=3), state_dict=ToyRegressor().state_dict(),
+                    message_hub=dict(note=RunsShellOnLoad(marker))), planted)
+    (tmp_path / 'last_checkpoint').write_text(str(planted))
+
+    runner = make_runner(tmp_path, f'{tmp_path.name}_planted', max_iters=6, resume=True)
+    with pytest.raises(pickle.UnpicklingError):
+        runner.train()
+    assert not marker.exists()
