@@ -1,1 +1,25 @@
-"""Reliability: atomic checkpoints, corrupt-checkpoint fallback, non-finite loss and data checks."""
+"""Reliability: atomic checkpoints, corrupt-checkpoint fallback, non-finite loss and data checks.
+
+Importing it (``import sasa_det`` does) makes mmengine's local checkpoint writes atomic and its
+auto-resume skip damaged checkpoints (:mod:`.checkpoints`), and registers the hook
+``NonFiniteLossHook`` (:mod:`.nonfinite`) and, with mmdet, the dataset ``CheckedCocoDataset``
+(:mod:`.checked_coco`). :mod:`.config_errors` names the config key behind a bad value.
+"""
+import importlib.util
+
+from . import checkpoints
+from .checkpoints import atomic_write_bytes, checkpoint_problem, find_latest_good_checkpoint
+from .coco_checks import CocoAnnotationError, check_coco_annotations
+from .config_errors import ConfigValueError, build_model_checked, explain_config_errors
+from .nonfinite import NonFiniteLossError, NonFiniteLossHook
+
+checkpoints.install()
+
+__all__ = ['atomic_write_bytes', 'checkpoint_problem', 'find_latest_good_checkpoint',
+           'CocoAnnotationError', 'check_coco_annotations', 'ConfigValueError',
+           'build_model_checked', 'explain_config_errors', 'NonFiniteLossError',
+           'NonFiniteLossHook']
+
+if importlib.util.find_spec('mmdet') is not None:
+    from .checked_coco import CheckedCocoDataset, SampleLoadError  # noqa: F401
+    __all__ += ['CheckedCocoDataset', 'SampleLoadError']
