@@ -43,7 +43,8 @@ def _all_ranks_finite(finite: bool) -> bool:
 def _format_terms(log_vars: Optional[Dict]) -> str:
     if not log_vars:
         return '(loss terms unavailable)'
-    return ', '.join(f'{name}={float(value):.6g}' for name, value in log_vars.items())
+    return ', '.join(f'{name}={float(torch.as_tensor(value).detach()):.6g}'
+                     for name, value in log_vars.items())
 
 
 @HOOKS.register_module()
