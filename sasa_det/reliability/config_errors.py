@@ -59,15 +59,19 @@ def _path_of(root: Any, prefix: str, target: dict) -> Optional[str]:
     return None
 
 
-def _built_configs(tb) -> List[dict]:
-    """The cfg dicts of the ``build_from_cfg`` frames in a traceback, innermost first."""
-    configs = []
-    while tb is not None:
-        frame = tb.tb_frame
-        if frame.f_code.co_name == 'build_from_cfg' and isinstance(frame.f_locals.get('cfg'),
-                                                                     dict):
-            configs.append(frame.f_locals['cfg'])
-        tb = tb.tb_next
+def _built_configs(error: BaseException) -> List[dict]:
+    """The cfg dicts of the ``build_from_cfg`` frames in the tracebacks of ``error`` and the
+    errors it was raised from, innermost first."""
+    configs, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        tb = error.__traceback__
+        while tb is not None:
+            cfg = tb.tb_frame.f_locals.get('cfg')
+            if tb.tb_frame.f_code.co_name == 'build_from_cfg' and isinstance(cfg, dict):
+                configs.append(cfg)
+            tb = tb.tb_next
+        error = error.__cause__ or error.__context__
     return configs[::-1]
 
 
@@ -84,8 +88,9 @@ def _mentions(message: str, key: Any, value: Any) -> bool:
 def locate_config_key(cfg: Any, error: BaseException, root: str = '') -> Optional[Tuple[str, Any]]:
     """The (dotted key, value) in ``cfg`` that ``error`` complains about, or None."""
     message = str(error)
+    cfg = getattr(cfg, '_cfg_dict', cfg)  # mmengine's Config wraps its ConfigDict
     scopes = []
-    for built in _built_configs(error.__traceback__):
+    for built in _built_configs(error):
         path = _path_of(cfg, root, built)
         if path is not None:
             scopes.append((path, built))
