@@ -2,7 +2,8 @@
 
 Importing it (``import sasa_det`` does) makes mmengine's local checkpoint writes atomic and its
 auto-resume skip damaged checkpoints (:mod:`.checkpoints`), and registers the hook
-``NonFiniteLossHook`` (:mod:`.nonfinite`) and, with mmdet, the dataset ``CheckedCocoDataset``
+``NonFiniteLossHook`` (:mod:`.nonfinite`), ``MemoryMonitorHook`` (:mod:`.memory`, used by
+``tools/soak.py``) and, with mmdet, the dataset ``CheckedCocoDataset``
 (:mod:`.checked_coco`). :mod:`.config_errors` names the config key behind a bad value.
 """
 import importlib.util
@@ -11,6 +12,7 @@ from . import checkpoints
 from .checkpoints import atomic_write_bytes, checkpoint_problem, find_latest_good_checkpoint
 from .coco_checks import CocoAnnotationError, check_coco_annotations
 from .config_errors import ConfigValueError, build_model_checked, explain_config_errors
+from .memory import MemoryMonitorHook
 from .nonfinite import NonFiniteLossError, NonFiniteLossHook
 
 checkpoints.install()
@@ -18,7 +20,7 @@ checkpoints.install()
 __all__ = ['atomic_write_bytes', 'checkpoint_problem', 'find_latest_good_checkpoint',
            'CocoAnnotationError', 'check_coco_annotations', 'ConfigValueError',
            'build_model_checked', 'explain_config_errors', 'NonFiniteLossError',
-           'NonFiniteLossHook']
+           'NonFiniteLossHook', 'MemoryMonitorHook']
 
 if importlib.util.find_spec('mmdet') is not None:
     from .checked_coco import CheckedCocoDataset, SampleLoadError  # noqa: F401
