@@ -1,10 +1,47 @@
 """Inputs (issue 7, items 4 and 6): bad config values fail at build time naming the config key,
 the value and what is allowed; inputs of any size run through the layer, backbone and detector."""
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from sasa_det.layers import LocalSelfAttention2d
+from sasa_det.layers import LocalSelfAttention2d, SpatiallyAwareStem
+
+# (H, W): 1 pixel, smaller than the 7x7 window, odd, extreme aspect ratios both ways.
+ODD_SIZES = [(1, 1), (2, 3), (5, 9), (32, 300), (300, 7)]
+
+
+@pytest.mark.parametrize('size', ODD_SIZES)
+@pytest.mark.parametrize('stride', [1, 2])
+@pytest.mark.parametrize('implementation', ['auto', 'reference'])
+def test_sasa_layer_any_size(size, stride, implementation):
+    """Batch 1, k=7 > H or W: output (1, C, ceil(H/s), ceil(W/s)), finite, with finite grads."""
+    torch.manual_seed(0)
+    layer = LocalSelfAttention2d(8, 8, kernel_size=7, heads=2, stride=stride,
+                                 implementation=implementation)
+    x = torch.randn(1, 8, *size, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (1, 8, math.ceil(size[0] / stride), math.ceil(size[1] / stride))
+    y.square().sum().backward()
+    assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+
+
+@pytest.mark.parametrize('size', ODD_SIZES)
+def test_attention_stem_any_size(size):
+    """The attention stem in train and eval mode, batch 1 (BN in train mode needs > 1 value
+    per channel, which a 1x1 image with batch 1 does not have: mmdet's ResNet has the same)."""
+    torch.manual_seed(0)
+    stem = SpatiallyAwareStem(3, 8, block_size=4, heads=2)
+    x = torch.randn(1, 3, *size)
+    expected = (1, 8, math.ceil(size[0] / 4), math.ceil(size[1] / 4))
+    if size[0] * size[1] > 1:
+        y = stem.train()(x)
+        assert y.shape == expected and torch.isfinite(y).all()
+    with torch.no_grad():
+        y = stem.eval()(x)
+    assert y.shape == expected and torch.isfinite(y).all()
 
 pytest.importorskip('mmengine')
 
@@ -20,18 +57,20 @@ TOY_MODELS = Registry('reliability toy models')
 
 @TOY_MODELS.register_module()
 class ToyNet(nn.Module):
-    """Builds its parts from sub-configs, as a detector does."""
+    """Builds its parts from sub-configs, as a detector does (which also adds its train_cfg
+    to the head's config, so the head is built from a dict that is not the user's)."""
 
     def __init__(self, backbone, head):
         super().__init__()
-        self.backbone, self.head = TOY_MODELS.build(backbone), TOY_MODELS.build(head)
+        self.backbone = TOY_MODELS.build(backbone)
+        self.head = TOY_MODELS.build(dict(head, train_cfg=dict(lr=1)))
 
 
 @TOY_MODELS.register_module()
 class ToyAttentionStage(nn.Module):
     """Builds a SASA layer from an ``attention_cfg``, as SASAResNet does."""
 
-    def __init__(self, channels=16, attention_cfg=None):
+    def __init__(self, channels=16, attention_cfg=None, train_cfg=None):
         super().__init__()
         self.layer = LocalSelfAttention2d(channels, channels, **(attention_cfg or {}))
 

@@ -46,16 +46,16 @@ def _walk(node: Any, prefix: str) -> Iterator[Tuple[str, Any, Any]]:
 
 
 def _path_of(root: Any, prefix: str, target: dict) -> Optional[str]:
-    """The path of ``target`` inside ``root``: by identity, else by equality."""
-    if root is target:
-        return prefix
+    """The path of ``target`` inside ``root``: by identity, else by equality, else the dict of
+    ``root`` that ``target`` extends (builders add keys, e.g. a detector gives its head the
+    train_cfg, and Runner.from_cfg builds from a deep copy)."""
     nodes = [(prefix, root)] + [(p, v) for p, _, v in _walk(root, prefix)]
-    for path, value in nodes:
-        if value is target:
-            return path
-    for path, value in nodes:
-        if isinstance(value, dict) and value == target:
-            return path
+    for same in (lambda v: v is target, lambda v: isinstance(v, dict) and v == target,
+                 lambda v: isinstance(v, dict) and 'type' in v and all(
+                     k in target and target[k] == x for k, x in v.items())):
+        for path, value in nodes:
+            if same(value):
+                return path
     return None
 
 
