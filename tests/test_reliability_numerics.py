@@ -164,7 +164,8 @@ class RecordLosses(Hook):
 
 def _seeded_losses(tmp_path, seed):
     record = RecordLosses()
-    Runner(model=TinySASANet(), work_dir=str(tmp_path),
+    # The model is given as a config so that the Runner builds it after seeding.
+    Runner(model=dict(type=TinySASANet), work_dir=str(tmp_path),
            train_dataloader=dict(dataset=ImageData(),
                                  sampler=dict(type='InfiniteSampler', shuffle=True),
                                  batch_size=4, num_workers=0,
@@ -206,26 +207,31 @@ def _cpu_autocast_supported(dtype):
         return False
 
 
-@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
-def test_sasa_layers_train_finite_under_cpu_autocast(dtype):
-    """Five SGD steps under CPU autocast: the attention runs in the low precision (its output
-    dtype says so) and every loss and gradient is finite."""
-    if not _cpu_autocast_supported(dtype):
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_sasa_model_trains_finite_with_cpu_amp(tmp_path, dtype):
+    """``CPUAmpOptimWrapper`` (what --amp uses without CUDA): six iterations of a SASA model
+    through mmengine's Runner with NonFiniteLossHook; the attention runs in the low precision
+    (its output dtype says so) and every loss is finite."""
+    torch_dtype = getattr(torch, dtype)
+    if not _cpu_autocast_supported(torch_dtype):
         pytest.skip(f'CPU autocast does not support {dtype} in this torch')
-    torch.manual_seed(0)
-    model = TinySASANet()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    data = [ImageData()[i] for i in range(4)]
-    inputs = torch.stack([d['inputs'] for d in data])
-    labels = torch.tensor([d['labels'] for d in data])
-    seen = []
-    model.attn1.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    for _ in range(5):
-        with torch.autocast('cpu', dtype=dtype):
-            loss = model(inputs, labels, mode='loss')['loss_cls']
-        optimizer.zero_grad()
-        loss.backward()
-        assert math.isfinite(loss.item())
-        assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-        optimizer.step()
-    assert set(seen) == {dtype}
+    model, record = TinySASANet(), RecordLosses()
+    seen = set()
+    model.attn1.register_forward_hook(lambda m, i, o: seen.add(o.dtype))
+    runner = Runner(
+        model=model, work_dir=str(tmp_path),
+        train_dataloader=dict(dataset=ImageData(), sampler=dict(type='InfiniteSampler'),
+                              batch_size=4, num_workers=0,
+                              collate_fn=dict(type='default_collate')),
+        train_cfg=dict(by_epoch=False, max_iters=6),
+        optim_wrapper=dict(type='CPUAmpOptimWrapper', dtype=dtype,
+                           optimizer=dict(type='SGD', lr=0.1), clip_grad=dict(max_norm=10)),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=6, by_epoch=False)),
+        custom_hooks=[dict(type='NonFiniteLossHook'), record], randomness=dict(seed=0),
+        default_scope='mmengine', experiment_name=f'amp_{dtype}_{id(model)}')
+    runner.train()
+    assert seen == {torch_dtype}
+    assert len(record.losses) == 6 and all(math.isfinite(v) for v in record.losses)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    state = torch.load(osp.join(tmp_path, 'iter_6.pth'), weights_only=True)['optimizer']
+    assert ('loss_scaler' in state) == (dtype == 'float16')

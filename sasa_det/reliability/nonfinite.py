@@ -6,8 +6,8 @@ good one (and ``last_checkpoint`` points at it). :class:`NonFiniteLossHook` chec
 iteration *before* the optimizer step:
 
 - the total loss (after ``parse_losses``): if it is NaN or Inf, backward is not run;
-- the gradients, for plain ``OptimWrapper`` (``AmpOptimWrapper``'s loss scaler already skips
-  steps with overflowing fp16 gradients, so they are left to it).
+- the gradients, unless the optimizer wrapper has a loss scaler (fp16 ``AmpOptimWrapper``,
+  ``CPUAmpOptimWrapper``), which already skips steps with overflowing gradients.
 
 ``mode='stop'`` (default) raises :class:`NonFiniteLossError` giving the iteration (1-based, as
 in mmengine's log) and every loss term; the weights are those of the previous iteration and no
@@ -53,7 +53,7 @@ class NonFiniteLossHook(Hook):
 
     Args:
         mode: 'stop' raises :class:`NonFiniteLossError`; 'skip' drops the update and goes on.
-        check_grads: also check gradients before each step (plain ``OptimWrapper`` only).
+        check_grads: also check gradients before each step (not with a loss scaler).
         max_consecutive_skips: in 'skip' mode, stop after this many non-finite iterations in a row.
     """
 
@@ -76,7 +76,7 @@ class NonFiniteLossHook(Hook):
 
     def before_train(self, runner) -> None:
         """Wrap the model's ``parse_losses`` and the optimizer wrapper's update (instance level)."""
-        from mmengine.optim import AmpOptimWrapper, OptimWrapper, OptimWrapperDict
+        from mmengine.optim import OptimWrapper, OptimWrapperDict
         self._runner = runner
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         parse_losses = model.parse_losses
@@ -92,8 +92,9 @@ class NonFiniteLossHook(Hook):
                     else [runner.optim_wrapper])
         for wrapper in wrappers:
             if isinstance(wrapper, OptimWrapper):
+                # A loss scaler (fp16) expects overflowing gradients and skips those steps.
                 self._guard(wrapper, check_grads=self.check_grads
-                            and not isinstance(wrapper, AmpOptimWrapper))
+                            and getattr(wrapper, 'loss_scaler', None) is None)
 
     def _guard(self, wrapper, check_grads: bool) -> None:
         update_params, step = wrapper.update_params, wrapper.step
