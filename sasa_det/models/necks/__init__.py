@@ -1,1 +1,4 @@
 """mmdet registrations: necks."""
+from .sasa_fpn import SASAFPN
+
+__all__ = ['SASAFPN']
