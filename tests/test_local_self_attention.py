@@ -182,3 +182,16 @@ def test_bias_option_adds_a_learned_per_channel_offset():
 def test_bad_arguments_raise_value_errors_naming_the_value(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LocalSelfAttention2d(6, 8, **kwargs)
+
+
+def test_registered_as_conv_type_sasa_for_build_conv_layer_and_conv_module():
+    from mmcv.cnn import ConvModule, build_conv_layer
+
+    import sasa_det  # noqa: F401  (registers the conv type)
+    layer = build_conv_layer(dict(type='SASA', heads=4), 8, 16, kernel_size=5, stride=2,
+                             padding=2, bias=False)
+    assert isinstance(layer, LocalSelfAttention2d) and layer.kernel_size == 5
+    block = ConvModule(8, 16, 3, padding=1, conv_cfg=dict(type='SASA', heads=4),
+                       norm_cfg=dict(type='BN'))
+    assert isinstance(block.conv, LocalSelfAttention2d)
+    assert block(torch.randn(2, 8, 7, 6)).shape == (2, 16, 7, 6)
