@@ -153,7 +153,8 @@ def test_resnet50_matches_mmengine_flop_analyzer():
 
 def test_retinanet_neck_and_head_match_mmengine_flop_analyzer():
     """An mmdet RetinaNet (ResNet-18, FPN with nearest upsampling, shared head convs) counts as
-    FlopAnalyzer counts it, within 1%."""
+    FlopAnalyzer counts it, within 1%; the breakdown gives every part its share, the head
+    included although the detector calls ``bbox_head.forward`` directly."""
     analysis = pytest.importorskip('mmengine.analysis')
     pytest.importorskip('mmdet')
     from mmdet.registry import MODELS
@@ -174,8 +175,27 @@ def test_retinanet_neck_and_head_match_mmengine_flop_analyzer():
                        loss_bbox=dict(type='L1Loss'))))
     model.eval()
     ours = complexity(model, (3, 96, 128))
+    parts = complexity_breakdown(model, (3, 96, 128))
+    assert all(parts[part]['macs'] > 0 for part in ('backbone', 'neck', 'bbox_head'))
+    assert sum(parts[part]['macs'] for part in ('backbone', 'neck', 'bbox_head')) == ours['macs']
     theirs = analysis.FlopAnalyzer(model, torch.randn(1, 3, 96, 128))
     theirs.unsupported_ops_warnings(False)
     theirs.uncalled_modules_warnings(False)
     assert abs(ours['macs'] - theirs.total()) <= 0.01 * theirs.total()
     assert ours['params'] == analysis.parameter_count(model)['']
+
+
+class _DirectForward(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = LocalSelfAttention2d(16, 32, kernel_size=3, heads=4)
+
+    def forward(self, x):
+        return self.attn.forward(x)  # as mmdet detectors call bbox_head.forward
+
+
+def test_rule_applies_to_direct_forward_calls():
+    """A layer run through ``layer.forward(x)`` (no module hooks fire) still gets its rule, not
+    the count of whatever functions its kernel happens to call."""
+    macs = 36 * 16 * 96 + 36 * 32 * 9 + 36 * 32 * 3 + 36 * 32 * 9
+    assert complexity(_DirectForward(), (1, 16, 6, 6))['macs'] == macs

@@ -50,19 +50,18 @@ def _module_rule(module: nn.Module) -> Optional[ModuleRule]:
 class _Counter(TorchFunctionMode):
     """Counts multiply-adds of PyTorch function calls, except those a module-rule unit makes."""
 
-    def __init__(self, parameter_names: Dict[int, str]) -> None:
+    def __init__(self, parameter_names: Dict[str, nn.Parameter]) -> None:
         super().__init__()
         self.stack = []  # names of the modules now running, outermost first
         self.units = []  # whether each of them has a module rule
-        self.macs_by_module = defaultdict(int)
+        self.own_macs = defaultdict(int)  # module name -> MACs of calls it made itself
         # id -> (tensor, parameter name) for parameters and their views; the tensor is kept
         # alive so ids are not reused during the pass.
         self.derived = {id(p): (p, name) for name, p in parameter_names.items()}
         self.uncounted = defaultdict(set)  # parameter name -> functions that used it uncounted
 
     def add(self, macs: int) -> None:
-        for name in self.stack or ['']:  # the root module's name is ''
-            self.macs_by_module[name] += macs
+        self.own_macs[self.stack[-1] if self.stack else ''] += macs
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -98,32 +97,36 @@ def _count(model: nn.Module, inputs: Tensor, strict: bool) -> Dict[str, int]:
                 followed[f'{name}.{p_name}' if name else p_name] = p
     counter = _Counter(followed)
 
-    def enter(name):
-        def hook(module, args):
+    def counted_forward(name, module, forward):
+        # Wrapping the instance's forward (not hooks) also catches direct module.forward(x)
+        # calls, which mmdet makes (e.g. bbox_head.forward in a detector's 'tensor' mode).
+        def wrapper(*args, **kwargs):
             counter.stack.append(name)
             counter.units.append(rules[module] is not None)
-        return hook
+            try:
+                output = forward(*args, **kwargs)
+                if rules[module] is not None:
+                    counter.add(int(rules[module](module, args, output)))
+            finally:
+                counter.stack.pop()
+                counter.units.pop()
+            return output
+        return wrapper
 
-    def leave(name):
-        def hook(module, args, output):
-            if rules[module] is not None:
-                counter.add(int(rules[module](module, args, output)))
-            counter.stack.pop()
-            counter.units.pop()
-        return hook
-
-    handles = []
+    patched = {}
     for name, module in model.named_modules():
-        handles.append(module.register_forward_pre_hook(enter(name)))
-        handles.append(module.register_forward_hook(leave(name)))
+        patched[module] = module.__dict__.get('forward')
+        module.forward = counted_forward(name, module, module.forward)
     training = {module: module.training for module in model.modules()}
     try:
         model.eval()  # inference cost: eval-mode batch norm, as reported in papers
         with torch.no_grad(), counter:
             model(inputs)
     finally:
-        for handle in handles:
-            handle.remove()
+        for module, forward in patched.items():
+            del module.forward
+            if forward is not None:
+                module.forward = forward
         for module, mode in training.items():
             module.training = mode
     if counter.uncounted:
@@ -134,7 +137,13 @@ def _count(model: nn.Module, inputs: Tensor, strict: bool) -> Dict[str, int]:
         if strict:
             raise ValueError(message)
         warnings.warn(message)
-    return dict(counter.macs_by_module)
+    macs = defaultdict(int)  # inclusive: a module's own calls and all its descendants'
+    for name, own in counter.own_macs.items():
+        macs[''] += own
+        parts = name.split('.') if name else []
+        for i in range(1, len(parts) + 1):
+            macs['.'.join(parts[:i])] += own
+    return dict(macs)
 
 
 def _inputs(model: nn.Module, input_shape: Sequence[int]) -> Tensor:
