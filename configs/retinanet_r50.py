@@ -1,0 +1,8 @@
+# Convolutional RetinaNet R-50-FPN, the baseline (paper's COCO table, row 1).
+# mmdet's 1x schedule (12 epochs, batch 16). The paper's recipe: the _paper-150e_coco.py variant.
+_base_ = [
+    './_base_/models/retinanet_r50_fpn.py',
+    './_base_/datasets/coco_detection.py',
+    './_base_/schedules/schedule_1x.py',
+    './_base_/default_runtime.py',
+]

@@ -1,0 +1,4 @@
+# retinanet_sasa_r50.py with a SASA ResNet-101 backbone.
+_base_ = './retinanet_sasa_r50.py'
+
+model = dict(backbone=dict(depth=101))
