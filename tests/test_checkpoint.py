@@ -5,6 +5,7 @@ weights, optimizer and message hub continue), while a checkpoint that carries co
 every mmengine load path.
 """
 import copy
+import io
 import json
 import os
 import pickle
@@ -150,6 +151,21 @@ def test_runner_resumes_from_its_checkpoint(tmp_path):
     assert not torch.equal(second.model.linear.weight.detach(), record.weights['linear.weight'])
     resumed_end = torch.load(tmp_path / 'iter_9.pth', map_location='cpu')
     assert resumed_end['meta']['iter'] == 9
+
+
+def test_numpy1_checkpoint_loads():
+    """numpy 1.x wrote ``numpy.core.multiarray`` where numpy 2 writes ``numpy._core.multiarray``."""
+    buffer = io.BytesIO()
+    saved = dict(history=np.array([1.5, 2.0]), eta=np.float64(3.0))
+    # The legacy format is a plain pickle stream, so the module name can be rewritten in place.
+    torch.save(saved, buffer, _use_new_zipfile_serialization=False)
+    numpy2_bytes = buffer.getvalue()
+    assert numpy2_bytes.count(b'numpy._core.multiarray') == 2
+    numpy1_bytes = numpy2_bytes.replace(b'numpy._core.multiarray', b'numpy.core.multiarray')
+
+    loaded = torch.load(io.BytesIO(numpy1_bytes), map_location='cpu')  # weights_only=True
+    np.testing.assert_array_equal(loaded['history'], saved['history'])
+    assert loaded['eta'] == saved['eta'] and isinstance(loaded['eta'], np.float64)
 
 
 class RunsShellOnLoad:
