@@ -10,12 +10,14 @@ import textwrap
 
 CONFIG = """
 custom_imports = dict(imports=['sasa_det'], allow_failed_imports=False)
-# mmdet's own FPN, every ConvModule of it built as conv type 'SASA' (kernel 1 laterals, 3x3 outputs).
-model = dict(
+# A detector's body as a user writes it: sasa_det's backbone, and mmdet's own FPN with every
+# ConvModule built as conv type 'SASA' (kernel 1 laterals, 3x3 outputs).
+backbone = dict(type='SASAResNet', depth=26, out_indices=(0, 1, 2, 3))
+neck = dict(
     type='FPN',
-    in_channels=[16, 32],
+    in_channels=[256, 512, 1024, 2048],
     out_channels=16,
-    num_outs=2,
+    num_outs=4,
     conv_cfg=dict(type='SASA', heads=4))
 """
 
@@ -32,21 +34,23 @@ cfg = Config.fromfile(sys.argv[1])  # runs custom_imports
 from mmdet.registry import MODELS
 
 init_default_scope('mmdet')
-fpn = MODELS.build(cfg.model).eval()
-inputs = (torch.randn(2, 16, 12, 10), torch.randn(2, 32, 6, 5))  # C_i at strides s, 2s
+backbone = MODELS.build(cfg.backbone).eval()
+neck = MODELS.build(cfg.neck).eval()
 with torch.no_grad():
-    outputs = fpn(inputs)
+    outputs = neck(backbone(torch.randn(2, 3, 64, 64)))
 print(json.dumps(dict(
     imported='sasa_det' in sys.modules,
-    conv_types=sorted({type(m.conv).__qualname__ for m in [*fpn.lateral_convs, *fpn.fpn_convs]}),
+    backbone=type(backbone).__qualname__,
+    spatial_layer=type(backbone.layer1[0].conv2).__qualname__,
+    neck_convs=sorted({type(m.conv).__qualname__ for m in [*neck.lateral_convs, *neck.fpn_convs]}),
     shapes=[list(out.shape) for out in outputs],
     finite=all(bool(torch.isfinite(out).all()) for out in outputs))))
 """
 
 
-def test_custom_imports_registers_sasa_for_mmdet(tmp_path):
-    """custom_imports=['sasa_det'] makes conv type 'SASA' buildable inside mmdet's FPN."""
-    config = tmp_path / 'fpn_sasa.py'
+def test_custom_imports_builds_sasa_modules_through_mmdet(tmp_path):
+    """custom_imports=['sasa_det'] makes 'SASAResNet' and conv type 'SASA' buildable by mmdet."""
+    config = tmp_path / 'sasa_body.py'
     config.write_text(CONFIG)
     script = tmp_path / 'build.py'
     script.write_text(textwrap.dedent(SCRIPT))
@@ -57,7 +61,9 @@ def test_custom_imports_registers_sasa_for_mmdet(tmp_path):
     result = json.loads(run.stdout.strip().splitlines()[-1])
 
     assert result['imported']
-    assert result['conv_types'] == ['LocalSelfAttention2d']
-    # FPN keeps each level's resolution and maps every level to out_channels.
-    assert result['shapes'] == [[2, 16, 12, 10], [2, 16, 6, 5]]
+    assert result['backbone'] == 'SASAResNet'
+    assert result['spatial_layer'] == 'LocalSelfAttention2d'
+    assert result['neck_convs'] == ['LocalSelfAttention2d']
+    # Strides 4, 8, 16, 32 on a 64 x 64 image; FPN maps every level to out_channels.
+    assert result['shapes'] == [[2, 16, 16, 16], [2, 16, 8, 8], [2, 16, 4, 4], [2, 16, 2, 2]]
     assert result['finite']
