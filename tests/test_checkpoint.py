@@ -104,8 +104,8 @@ def allowlisted_names():
 
 def globals_torch_refuses(path):
     """Globals in the checkpoint that torch refuses in a fresh process (no sasa_det imported)."""
-    script = ('import json, sys, torch; '
-              'print(json.dumps(torch.serialization.get_unsafe_globals_in_checkpoint(sys.argv[1])))')
+    script = ('import json, sys, torch; from torch.serialization import '
+              'get_unsafe_globals_in_checkpoint as unsafe; print(json.dumps(unsafe(sys.argv[1])))')
     out = subprocess.run([sys.executable, '-c', script, str(path)], check=True,
                          capture_output=True, text=True).stdout
     return set(json.loads(out.splitlines()[-1]))

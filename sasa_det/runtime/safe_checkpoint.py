@@ -54,7 +54,7 @@ def _history_buffer_statistic(owner: Any, name: str) -> Callable:
 
 
 def _numpy_multiarray():
-    """numpy's private ``multiarray`` module: ``numpy._core`` from numpy 2, ``numpy.core`` before."""
+    """numpy's private ``multiarray``: in ``numpy._core`` from numpy 2, ``numpy.core`` before."""
     if int(np.__version__.split('.')[0]) >= 2:
         from numpy._core import multiarray
     else:  # pragma: no cover - numpy 1.x
