@@ -17,6 +17,17 @@ from sasa_det.reliability import CocoAnnotationError, check_coco_annotations
 CATEGORIES = [dict(id=1, name='square'), dict(id=2, name='disc')]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny shapes: one thread is as fast, and far faster on a busy shared machine (idle
+    OpenMP workers spinning for cores); restored after each test."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _write_set(root, annotations=None, size=32):
     """Three PNG images (the third has no objects) and their COCO json; return (json, dict)."""
     (root / 'images').mkdir(parents=True, exist_ok=True)
@@ -177,3 +188,30 @@ def test_checked_dataset_names_image_that_fails_to_load(tmp_path):
     with pytest.raises(SampleLoadError, match=rf'{re.escape(ann_file)}: loading image '
                                               rf'.*02.png \(image id 2, dataset index 1\)'):
         dataset[1]
+
+
+def test_images_without_objects_train_normally(tmp_path):
+    """A batch of an annotated image and one without objects, then a batch of two images
+    without objects, through CheckedCocoDataset and one SGD step of the SASA demo detector
+    (shrunk): finite losses, zero box loss when there is no object, weights updated."""
+    pytest.importorskip('mmdet')
+    import torch
+    from mmdet.registry import MODELS
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import OptimWrapper
+    from test_reliability_inputs import CONFIG_DIR, tiny_detector_cfg
+
+    ann_file, _ = _write_set(tmp_path)
+    dataset = _dataset(tmp_path, ann_file)
+    model = MODELS.build(tiny_detector_cfg(
+        f'{CONFIG_DIR}/demo/retinanet_sasa_r50_demo.py').model)
+    optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
+    model.train()
+    for indices, has_objects in (((0, 2), True), ((2, 2), False)):
+        before = [p.detach().clone() for p in model.parameters()]
+        log_vars = model.train_step(pseudo_collate([dataset[i] for i in indices]),
+                                    optim_wrapper)
+        assert all(torch.isfinite(v) for v in log_vars.values()), log_vars
+        assert (log_vars['loss_bbox'] > 0) == has_objects
+        assert log_vars['loss_cls'] > 0
+        assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

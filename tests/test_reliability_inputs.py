@@ -1,12 +1,25 @@
 """Inputs (issue 7, items 4 and 6): bad config values fail at build time naming the config key,
 the value and what is allowed; inputs of any size run through the layer, backbone and detector."""
+import glob
 import math
+import os.path as osp
 
 import pytest
 import torch
 from torch import nn
 
 from sasa_det.layers import LocalSelfAttention2d, SpatiallyAwareStem
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These shapes are tiny: one thread is as fast, and far faster on a busy shared machine
+    (idle OpenMP workers spinning for cores); restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # (H, W): 1 pixel, smaller than the 7x7 window, odd, extreme aspect ratios both ways.
 ODD_SIZES = [(1, 1), (2, 3), (5, 9), (32, 300), (300, 7)]
@@ -117,3 +130,86 @@ def test_unlocatable_error_is_left_unchanged():
         with explain_config_errors(_toy_cfg()):
             raise ValueError('something else')
     assert not isinstance(info.value, ConfigValueError)
+
+
+# --- item 4: every config's detector, any input size -------------------------------------------
+
+CONFIG_DIR = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'configs')
+CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, '*.py')) + glob.glob(osp.join(CONFIG_DIR, 'demo',
+                                                                            '*.py')))
+
+
+def tiny_detector_cfg(path):
+    """The config's model at width 16 (backbone base and stem 16, FPN and head 16), depth 26,
+    2 head convs and 4 classes, with its own layer types, attention settings and heads: the
+    structure under test."""
+    cfg = Config.fromfile(path)
+    model = cfg.model
+    model.backbone.update(base_channels=16, stem_channels=16, init_cfg=None)
+    if model.backbone.type == 'SASAResNet':
+        model.backbone.depth = 26
+    model.neck.update(in_channels=[64, 128, 256, 512], out_channels=16)
+    model.bbox_head.update(in_channels=16, feat_channels=16, stacked_convs=2, num_classes=4)
+    return cfg
+
+
+def _distinct_models():
+    """One config per distinct shrunk model (schedules, data, depths and widths aside)."""
+    seen, params = set(), []
+    for path in CONFIGS:
+        text = repr(tiny_detector_cfg(path).model.to_dict())
+        if text not in seen:
+            seen.add(text)
+            params.append(pytest.param(path, id=osp.relpath(path, CONFIG_DIR)))
+    return params
+
+
+# (H, W) of single images: smaller than the 7x7 window even at stride 4, odd, and extreme aspect
+# ratios both ways; the data preprocessor pads them to multiples of 32.
+DETECTOR_SIZES = [(7, 9), (33, 47), (9, 130), (130, 9)]
+
+
+def _train_step_grads_finite(model, data):
+    model.train()
+    losses = model(**model.data_preprocessor(data, True), mode='loss')
+    total = sum(v.sum() for k, v in losses.items() if 'loss' in k
+                for v in (v if isinstance(v, list) else [v]))
+    assert torch.isfinite(total), losses
+    model.zero_grad()
+    total.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+@pytest.mark.skipif(not CONFIGS, reason='no configs')
+@pytest.mark.parametrize('path', _distinct_models() if CONFIGS else [])
+def test_every_config_runs_any_input_size(path):
+    """Each size through the detector: training losses and gradients finite, and finite
+    predictions in eval mode, batch 1.
+
+    One exception, BatchNorm's (mmdet's ResNet has it too): in training mode a batch norm needs
+    more than one value per channel, and an image padded to 32 x 32 leaves 1 x 1 maps at
+    stride 32, so such an image trains with batch 2, and with batch 1 it fails with BN's own
+    error. In eval mode (running statistics) batch 1 works at every size."""
+    pytest.importorskip('mmdet')
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')
+    cfg = tiny_detector_cfg(path)
+    model = MODELS.build(cfg.model)
+    num_classes = cfg.model.bbox_head.num_classes
+    for h, w in DETECTOR_SIZES:
+        data = demo_mm_inputs(1, image_shapes=[(3, h, w)], num_items=[2],
+                              num_classes=num_classes)
+        if max(h, w) <= 32:
+            with pytest.raises(ValueError, match='Expected more than 1 value per channel'):
+                _train_step_grads_finite(model, data)
+            _train_step_grads_finite(model, demo_mm_inputs(
+                2, image_shapes=[(3, h, w)] * 2, num_items=[2, 0], num_classes=num_classes))
+        else:
+            _train_step_grads_finite(model, data)
+        model.eval()
+        with torch.no_grad():
+            result = model(**model.data_preprocessor(data, False), mode='predict')[0]
+        assert torch.isfinite(result.pred_instances.bboxes).all()
+        assert result.ori_shape == (h, w)

@@ -16,6 +16,16 @@ from mmengine.runner import Runner  # noqa: E402
 from sasa_det.reliability import NonFiniteLossError, NonFiniteLossHook  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny shapes: one thread is as fast, and far faster on a busy shared machine (idle
+    OpenMP workers spinning for cores); restored after each test."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class FaultyToy(BaseModel):
     """A linear regressor whose loss (``fault='loss'``) or gradient (``fault='grad'``) is NaN at
     the training iterations (1-based) in ``bad_iters``; the other terms stay finite."""
