@@ -1,0 +1,107 @@
+"""Fused C++ CPU kernel for local 2D self-attention, built on first use.
+
+The extension (``csrc/local_attention.cpp``) is compiled with ``torch.utils.cpp_extension.load``
+the first time a CPU tensor reaches :func:`sasa_det.ops.local_attention_2d`, and cached in torch's
+extension directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), so only the
+first use in a fresh environment pays the ~1 minute build. Where no compiler is present or the
+build fails, :func:`is_available` is False, one warning is issued, and the dispatcher falls back to
+the pure-PyTorch sliced path. Set ``SASA_DET_DISABLE_CPU_KERNEL=1`` to skip the kernel entirely.
+
+Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; float32 and float64 only
+(other dtypes take the sliced path). Forward saves q, k, v and the attention weights.
+"""
+import os
+import platform
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name('csrc') / 'local_attention.cpp'
+_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_extension = None
+_build_failed = False
+
+
+def _arch_flags():
+    """(name suffix, compiler flags): AVX2+FMA where the CPU has them, else the baseline ISA.
+
+    Never -march=native: the name and the flags depend only on the detected capability, so a
+    cached build is reused only on CPUs that can run it.
+    """
+    is_x86 = platform.machine().lower() in ('x86_64', 'amd64')
+    if is_x86 and torch.backends.cpu.get_cpu_capability() in ('AVX2', 'AVX512'):
+        return 'avx2', ['-mavx2', '-mfma']
+    return 'generic', []
+
+
+def _load():
+    """The compiled extension module, building it on the first call; None if that fails."""
+    global _extension, _build_failed
+    if _extension is not None or _build_failed:
+        return _extension
+    if os.environ.get('SASA_DET_DISABLE_CPU_KERNEL', '') not in ('', '0'):
+        _build_failed = True
+        return None
+    suffix, arch = _arch_flags()
+    try:
+        from torch.utils.cpp_extension import load
+        _extension = load(name=f'sasa_det_local_attention_{suffix}', sources=[str(_SOURCE)],
+                          extra_cflags=['-O3', '-std=c++20', '-ffp-contract=fast', '-fopenmp', *arch],
+                          extra_ldflags=['-fopenmp'], verbose=False)
+    except Exception as err:  # no compiler, failed build, unloadable library: all mean fallback
+        _build_failed = True
+        warnings.warn(f'sasa_det: the C++ CPU kernel for local attention is unavailable ({err}); '
+                      'using the slower pure-PyTorch path.', RuntimeWarning, stacklevel=3)
+    return _extension
+
+
+def is_available() -> bool:
+    """True when the C++ extension is built (building it now if needed) and loaded."""
+    return _load() is not None
+
+
+def supports(q: Tensor) -> bool:
+    """The kernel handles float32/float64 CPU tensors."""
+    return q.device.type == 'cpu' and q.dtype in _SUPPORTED_DTYPES
+
+
+class _CpuLocalAttention(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Optional[Tensor], v: Tensor, row_logits: Optional[Tensor],
+                col_logits: Optional[Tensor], kernel_size: int, mask: bool) -> Tensor:
+        out, attn = _extension.forward(q, k, v, row_logits, col_logits, kernel_size, mask)
+        ctx.save_for_backward(q, k, v, attn)
+        ctx.kernel_size = kernel_size
+        ctx.has_rel = (row_logits is not None, col_logits is not None)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, attn = ctx.saved_tensors
+        d_q, d_k, d_v, d_row, d_col = _extension.backward(grad_out, q, k, v, attn,
+                                                          ctx.kernel_size, *ctx.has_rel)
+        return d_q, d_k, d_v, d_row, d_col, None, None
+
+
+def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
+                           row_logits: Optional[Tensor] = None,
+                           col_logits: Optional[Tensor] = None,
+                           padding_mode: str = 'mask') -> Tensor:
+    """Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; CPU, float32/64.
+
+    All inputs are brought to q's dtype (the kernel computes in it); q, k, v may have any
+    strides, e.g. slices of one fused Q/K/V projection, and are not copied.
+    """
+    if _load() is None:
+        raise RuntimeError('the C++ CPU kernel of sasa_det is not available here')
+    dtype = q.dtype
+    k = None if k is None else k.to(dtype)
+    row_logits = None if row_logits is None else row_logits.to(dtype)
+    col_logits = None if col_logits is None else col_logits.to(dtype)
+    return _CpuLocalAttention.apply(q, k, v.to(dtype), row_logits, col_logits, kernel_size,
+                                    padding_mode == 'mask')

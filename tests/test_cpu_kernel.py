@@ -1,0 +1,201 @@
+"""The fused C++ CPU kernel equals the unfold reference, and the op falls back without it.
+
+The kernel is compiled once per session on first use (about a minute on a 2-core machine, then
+cached by torch). Where it cannot be built, the kernel tests skip and the fallback tests still run.
+"""
+import warnings
+
+import pytest
+import torch
+import torch.utils.cpp_extension
+
+from sasa_det.layers import LocalSelfAttention2d
+from sasa_det.ops import cpu_kernel, local_attention_2d, local_attention_2d_reference
+
+
+@pytest.fixture(scope='module')
+def kernel():
+    if not cpu_kernel.is_available():
+        pytest.skip('the C++ CPU kernel could not be built here')
+    return cpu_kernel
+
+
+def make_inputs(b, h, w, heads, d, kernel_size, has_k=True, has_rel=True, dtype=torch.float64,
+                seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()
+
+    q = rand(b, h, w, heads, d)
+    k = rand(b, h, w, heads, d) if has_k else None
+    v = rand(b, h, w, heads, d)
+    row = rand(b, h, w, heads, kernel_size) if has_rel else None
+    col = rand(b, h, w, heads, kernel_size) if has_rel else None
+    return q, k, v, row, col
+
+
+def values_and_grads(fn, inputs, kernel_size, padding_mode, seed=1):
+    q, k, v, row, col = inputs
+    out = fn(q, k, v, kernel_size, row, col, padding_mode)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                           dtype=torch.float64).to(out.dtype)
+    leaves = [t for t in inputs if t is not None]
+    # allow_unused: with k=None, q does not enter the op (its positional logits come precomputed).
+    return [out, *torch.autograd.grad(out, leaves, grad_out, allow_unused=True)]
+
+
+# (B, H, W, heads, d, k): borders everywhere; odd, non-square sizes; k > H and W; batch 1;
+# W past one SIMD vector (8 floats) with a remainder.
+SHAPES = [(1, 5, 7, 1, 4, 3), (2, 9, 4, 2, 6, 5), (1, 3, 4, 2, 4, 7), (1, 2, 11, 3, 2, 9),
+          (2, 6, 19, 2, 4, 5)]
+
+
+@pytest.mark.parametrize('shape', SHAPES, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('has_k,has_rel', [(True, True), (False, True), (True, False)],
+                         ids=['content+rel', 'rel-only', 'content-only'])
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+def test_kernel_matches_reference_float64(kernel, shape, has_k, has_rel, padding_mode):
+    """Values and all input gradients equal the unfold reference to float64 round-off."""
+    *dims, kernel_size = shape
+    inputs = make_inputs(*dims, kernel_size, has_k, has_rel)
+    expected = values_and_grads(local_attention_2d_reference, inputs, kernel_size, padding_mode)
+    actual = values_and_grads(kernel.local_attention_2d_cpu, inputs, kernel_size, padding_mode)
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        assert (a is None) == (e is None)
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('has_k,has_rel,padding_mode,shape',
+                         [(True, True, 'mask', (1, 3, 4, 2, 4, 5)),
+                          (True, True, 'zeros', (2, 4, 3, 1, 2, 3)),
+                          (False, True, 'mask', (1, 3, 5, 2, 2, 7)),
+                          (True, False, 'zeros', (1, 4, 2, 1, 4, 3))])
+def test_kernel_gradcheck(kernel, has_k, has_rel, padding_mode, shape):
+    """The analytic backward matches finite differences (torch.autograd.gradcheck, float64)."""
+    *dims, kernel_size = shape
+    inputs = make_inputs(*dims, kernel_size, has_k, has_rel)
+    present = [t for t in inputs if t is not None]
+
+    def fn(*tensors):
+        it = iter(tensors)
+        q, k, v, row, col = (next(it) if t is not None else None for t in inputs)
+        return kernel.local_attention_2d_cpu(q, k, v, kernel_size, row, col, padding_mode)
+
+    assert torch.autograd.gradcheck(fn, present, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_kernel_float32_realistic_shape(kernel):
+    """float32 at a ResNet stage-like shape agrees with the float64 reference to ~1e-5."""
+    inputs64 = make_inputs(2, 28, 28, 8, 16, 7)
+    inputs32 = [t.detach().float().requires_grad_() for t in inputs64]
+    expected = values_and_grads(local_attention_2d_reference, inputs64, 7, 'mask')
+    actual = values_and_grads(kernel.local_attention_2d_cpu, inputs32, 7, 'mask')
+    for a, e in zip(actual, expected):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_accepts_strided_slices_of_fused_projection(kernel):
+    """q, k, v as non-contiguous slices of one (B, H, W, 3, heads, d) tensor, as the layer makes
+    them, give the reference's values and gradients (the kernel reads strides, no copies)."""
+    gen = torch.Generator().manual_seed(3)
+    qkv = torch.randn(2, 6, 9, 3, 2, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    rel = torch.randn(2, 6, 9, 2, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 6, 9, 2, 4, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (local_attention_2d_reference, kernel.local_attention_2d_cpu):
+        q, k, v = qkv.unbind(3)
+        out = fn(q, k, v, 5, rel[..., :5], rel[..., 5:], 'mask')
+        results.append([out, *torch.autograd.grad(out, (qkv, rel), grad_out)])
+    for a, e in zip(*results):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_dispatcher_uses_kernel_for_cpu_float(kernel, monkeypatch):
+    """implementation='auto' runs the kernel for float32/64 CPU tensors, the sliced path for
+    float16 (supports() is False), and both give the reference's result."""
+    calls = []
+    original = kernel.local_attention_2d_cpu
+    monkeypatch.setattr(kernel, 'local_attention_2d_cpu',
+                        lambda *args: calls.append(args[0].dtype) or original(*args))
+    q, k, v, row, col = make_inputs(1, 5, 6, 2, 4, 3, dtype=torch.float32)
+    out = local_attention_2d(q, k, v, 3, row, col, implementation='auto')
+    torch.testing.assert_close(out, local_attention_2d_reference(q, k, v, 3, row, col))
+    assert calls == [torch.float32]
+    assert not kernel.supports(q.half())
+    local_attention_2d(q.half(), k.half(), v.half(), 3, row.half(), col.half())
+    assert calls == [torch.float32]
+
+
+def test_layer_with_kernel_matches_reference_layer(kernel):
+    """The SASA layer gives the same output and weight gradients with the kernel as with the
+    unfold reference (what tools/benchmark.py compares)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 9, 7, dtype=torch.float64)
+    grads = []
+    for implementation in ('reference', 'auto'):
+        torch.manual_seed(1)
+        layer = LocalSelfAttention2d(16, 16, 5, heads=4, implementation=implementation).double()
+        out = layer(x)
+        out.square().sum().backward()
+        grads.append([out] + [p.grad for p in layer.parameters()])
+    for a, e in zip(*grads):
+        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
+
+
+@pytest.fixture
+def no_kernel(monkeypatch):
+    """The kernel module in the state it has after a failed build."""
+    monkeypatch.setattr(cpu_kernel, '_extension', None)
+    monkeypatch.setattr(cpu_kernel, '_build_failed', True)
+
+
+def test_fallback_when_kernel_unavailable(no_kernel):
+    """Without the kernel, 'auto' silently takes the sliced path (same values and gradients as
+    the reference) and 'cpu_kernel' raises."""
+    assert not cpu_kernel.is_available()
+    inputs = make_inputs(1, 4, 5, 2, 4, 3)
+    for padding_mode in ('mask', 'zeros'):
+        expected = values_and_grads(local_attention_2d_reference, inputs, 3, padding_mode)
+        actual = values_and_grads(local_attention_2d, inputs, 3, padding_mode)
+        assert actual[0] is not None and len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    q, k, v, row, col = inputs
+    with pytest.raises(RuntimeError, match='not available'):
+        local_attention_2d(q, k, v, 3, row, col, implementation='cpu_kernel')
+
+
+def test_failed_build_warns_once_and_disables_kernel(monkeypatch):
+    """A build error (e.g. no compiler) gives one RuntimeWarning, then is_available() is False
+    without retrying the build."""
+    attempts = []
+
+    def failing_load(*args, **kwargs):
+        attempts.append(kwargs.get('name'))
+        raise OSError('no C++ compiler')
+
+    monkeypatch.setattr(cpu_kernel, '_extension', None)
+    monkeypatch.setattr(cpu_kernel, '_build_failed', False)
+    monkeypatch.delenv('SASA_DET_DISABLE_CPU_KERNEL', raising=False)
+    monkeypatch.setattr(torch.utils.cpp_extension, 'load', failing_load)
+    with pytest.warns(RuntimeWarning, match='no C\\+\\+ compiler'):
+        assert not cpu_kernel.is_available()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert not cpu_kernel.is_available()
+    assert len(attempts) == 1
+
+
+def test_environment_variable_disables_kernel(monkeypatch):
+    """SASA_DET_DISABLE_CPU_KERNEL=1 skips the build entirely."""
+    monkeypatch.setattr(cpu_kernel, '_extension', None)
+    monkeypatch.setattr(cpu_kernel, '_build_failed', False)
+    monkeypatch.setenv('SASA_DET_DISABLE_CPU_KERNEL', '1')
+    monkeypatch.setattr(torch.utils.cpp_extension, 'load',
+                        lambda *a, **k: pytest.fail('build attempted'))
+    assert not cpu_kernel.is_available()
+
