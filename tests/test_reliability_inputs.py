@@ -2,6 +2,7 @@
 the value and what is allowed; inputs of any size run through the layer, backbone and detector."""
 import glob
 import math
+import re
 import os.path as osp
 
 import pytest
@@ -213,3 +214,27 @@ def test_every_config_runs_any_input_size(path):
             result = model(**model.data_preprocessor(data, False), mode='predict')[0]
         assert torch.isfinite(result.pred_instances.bboxes).all()
         assert result.ori_shape == (h, w)
+
+
+@pytest.mark.parametrize('key, value, reason', [
+    ('backbone.stem', 'dense', r"stem must be one of \('conv', 'attention'\), got 'dense'"),
+    ('backbone.attention_cfg.kernel_size', 4, 'kernel_size must be a positive odd integer'),
+    ('backbone.attention_cfg.heads', 3, r'must be divisible by heads \(3\)'),
+    ('backbone.attention_cfg.positional_encoding', 'learned',
+     r"positional_encoding must be one of \('relative', 'absolute', 'none'\), got 'learned'"),
+    ('neck.attention_cfg.kernel_size', 6, 'kernel_size must be a positive odd integer'),
+    ('bbox_head.attention_cfg.heads', 3, r'must be divisible by heads \(3\)'),
+])
+def test_bad_value_in_a_real_config_names_its_key(key, value, reason):
+    """The SASA demo config with one bad value: build_model_checked (what tools/train.py runs
+    through explain_config_errors) raises ConfigValueError naming model.<key>, the value and
+    what is allowed."""
+    pytest.importorskip('mmdet')
+    from sasa_det.reliability import build_model_checked
+    cfg = tiny_detector_cfg(osp.join(CONFIG_DIR, 'demo', 'retinanet_sasa_r50_demo.py'))
+    cfg.merge_from_dict({f'model.{key}': value})
+    with pytest.raises(ConfigValueError) as info:
+        build_model_checked(cfg)
+    assert info.value.key == f'model.{key}'
+    assert str(info.value).startswith(f'model.{key} = {value!r}: ')
+    assert re.search(reason, str(info.value)), str(info.value)
