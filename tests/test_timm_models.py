@@ -6,7 +6,6 @@ import warnings
 import pytest
 import timm
 import torch
-from mmdet.models.backbones import ResNet
 
 import sasa_det  # noqa: F401  (registers the timm models)
 from sasa_det.models.backbones import SASAResNet

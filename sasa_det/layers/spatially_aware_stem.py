@@ -4,7 +4,7 @@ Replaces ResNet's 7x7/2 convolution + 3x3/2 max pool. RGB pixels are individuall
 so plain content attention learns edge detectors poorly; the stem injects distance information
 through the values instead: each position of the pooling window mixes its own value matrix
 
-    v_ab = (sum_m p(a, b, m) W_V^m) x_ab,    p(a, b, m) = softmax_m((emb_row(a) + emb_col(b)) . nu_m)
+    v_ab = (sum_m p(a, b, m) W_V^m) x_ab,   p(a, b, m) = softmax_m((emb_row(a) + emb_col(b)) . nu_m)
 
 where (a, b) is the row/column position inside the block. Attention runs inside each
 non-overlapping ``block_size`` x ``block_size`` block (the receptive field aligned with the max
