@@ -10,7 +10,9 @@ import math
 import re
 from pathlib import Path
 
+import mmdet
 import pytest
+import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
@@ -72,6 +74,34 @@ def test_config_builds_the_model_its_name_promises(name):
     assert 'sasa_det' in cfg.custom_imports.imports
 
 
+def flatten(node, prefix=''):
+    """{'a.b.0.c': leaf} for nested dicts and lists."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, (list, tuple)) and any(isinstance(v, (dict, list)) for v in node):
+        items = enumerate(node)
+    else:
+        return {prefix[:-1]: node}
+    return {k: v for key, value in items for k, v in flatten(value, f'{prefix}{key}.').items()}
+
+
+def test_baseline_is_mmdets_retinanet_1x_but_from_scratch():
+    """configs/_base_ restates mmdet's files; only the documented choices may differ."""
+    mmdet_config = (Path(mmdet.__file__).parent / '.mim' / 'configs' / 'retinanet'
+                    / 'retinanet_r50_fpn_1x_coco.py')
+    ours = flatten(load('retinanet_r50.py').to_dict())
+    theirs = flatten(Config.fromfile(str(mmdet_config)).to_dict())
+    theirs = {k: v for k, v in theirs.items() if not k.startswith(('tta_', 'img_scales'))}
+    differences = {k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)}
+    assert differences == {
+        'custom_imports.imports', 'custom_imports.allow_failed_imports',  # registers sasa_det
+        'default_hooks.checkpoint.max_keep_ckpts',
+        'model.backbone.init_cfg.type', 'model.backbone.init_cfg.checkpoint',  # from scratch
+        'model.backbone.frozen_stages',
+        'model.backbone.norm_eval',
+        'model.neck.add_extra_convs'}  # P6 from P5, as the paper's parameter count
+
+
 @pytest.mark.parametrize('name', [n for n in CONFIGS if '_paper-150e' in n])
 def test_paper_recipe(name):
     """640 max side, jitter, crop, flip; 150 epochs, batch 8 x 8 GPUs; warm-up + cosine; SyncBN."""
@@ -88,6 +118,16 @@ def test_paper_recipe(name):
 
 
 @pytest.fixture(scope='module')
+def one_thread():
+    """One intra-op thread: on a small, shared CI machine, OpenMP threads spin-waiting for cores
+    make these tiny iterations 2-3x slower in wall time."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope='module')
 def coco(tmp_path_factory):
     root = tmp_path_factory.mktemp('coco')
     make_coco(root, num_images=1, image_size=64)
@@ -99,13 +139,14 @@ def tiny(name: str, coco: Path, work_dir: Path) -> Config:
     cfg = use_tiny_coco(load(name), coco, image_size=64, batch_size=1, work_dir=work_dir)
     if cfg.model.backbone.type == 'SASAResNet':
         cfg.model.backbone.depth = 26
+    cfg.default_hooks.checkpoint = None  # nothing to resume here: skip writing ~100 MB
     # Runners in one process share mmengine's named visualiser and logger instances otherwise.
     cfg.experiment_name = cfg.visualizer.name = f'{Path(name).stem}-{work_dir.name}'
     return cfg
 
 
 @pytest.mark.parametrize('name', [n for n in CONFIGS if n not in DEPTH_ONLY])
-def test_config_trains_one_iteration_and_evaluates(name, coco, tmp_path):
+def test_config_trains_one_iteration_and_evaluates(name, coco, tmp_path, one_thread):
     runner = Runner.from_cfg(tiny(name, coco, tmp_path))
     runner.train()  # one epoch of one iteration, then the config's CocoMetric on the val set
     assert runner.iter == 1

@@ -5,10 +5,10 @@ train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
-# lr: mmdet's 0.02 per 16 images, scaled linearly to 64 (the paper does not give its value).
+# lr: mmdet's RetinaNet 0.01 per 16 images, scaled linearly to 64 (the paper gives no value).
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='SGD', lr=0.08, momentum=0.9, weight_decay=0.0001))
+    optimizer=dict(type='SGD', lr=0.04, momentum=0.9, weight_decay=0.0001))
 param_scheduler = [
     # Schedulers chain: the warm-up factor multiplies the cosine curve's first iterations.
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=2000),
