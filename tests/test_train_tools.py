@@ -1,7 +1,8 @@
 """tools/train.py, tools/test.py and tools/dist_train.sh end to end, on CPU, as a user runs them.
 
-Each run is a subprocess on the headline config (attention backbone, FPN and head) at R-26 and
-64 px, on a COCO-format set made in tmp_path, written out as one flat config file.
+Each run is a subprocess on the headline model (attention backbone, FPN and head) at R-26 and
+64 px, on a COCO-format set made in tmp_path, written out as one flat config file: the 1x config
+for single-process runs, the paper's multi-GPU recipe (SyncBN) for the distributed one.
 """
 import json
 import math
@@ -21,6 +22,7 @@ from coco_fixture import make_coco, use_tiny_coco
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 CONFIG = ROOT / 'configs' / 'retinanet_sasa_r50.py'
+PAPER_CONFIG = ROOT / 'configs' / 'retinanet_sasa_r50_paper-150e_coco.py'
 
 # Saves each rank's parameters at the start and end of training; imported by the trained
 # process through custom_imports, so it has to be a module on disk.
@@ -47,8 +49,8 @@ class RankProbeHook(Hook):
 
 
 def write_config(tmp: Path, data_root: Path, num_images: int, batch_size: int,
-                 probe: bool = False) -> Path:
-    cfg = use_tiny_coco(Config.fromfile(str(CONFIG)), data_root, image_size=64,
+                 probe: bool = False, config: Path = CONFIG) -> Path:
+    cfg = use_tiny_coco(Config.fromfile(str(config)), data_root, image_size=64,
                         batch_size=batch_size)
     cfg.model.backbone.depth = 26  # the smallest SASA ResNet: same modules, less CPU time
     cfg.train_dataloader.batch_sampler = None  # plain batches: 1 image per rank is one batch
@@ -125,12 +127,15 @@ def test_test_tool_evaluates_a_checkpoint_and_dumps_predictions(trained):
 def test_dist_train_two_cpu_ranks_hold_identical_weights(tmp_path):
     """tools/dist_train.sh CONFIG 2 over torchrun and gloo: 4 images, 1 per rank and iteration,
     2 iterations. DDP averages gradients, so both ranks end with the same parameters, which
-    differ from the start (they trained) although each rank saw different images."""
+    differ from the start (they trained) although each rank saw different images. The paper's
+    recipe asks for SyncBN, which needs CUDA: on CPU the run warns and uses per-process BN."""
     make_coco(tmp_path / 'coco', num_images=4, image_size=64)
-    config = write_config(tmp_path, tmp_path / 'coco', num_images=4, batch_size=1, probe=True)
+    config = write_config(tmp_path, tmp_path / 'coco', num_images=4, batch_size=1, probe=True,
+                          config=PAPER_CONFIG)
     work_dir = tmp_path / 'work'
-    run(['bash', ROOT / 'tools' / 'dist_train.sh', config, 2, '--work-dir', work_dir], tmp_path,
-        PORT=str(free_port()))
+    result = run(['bash', ROOT / 'tools' / 'dist_train.sh', config, 2, '--work-dir', work_dir],
+                 tmp_path, PORT=str(free_port()))
+    assert 'SyncBN needs CUDA' in result.stderr
     end = [torch.load(work_dir / f'end_rank{r}.pth', weights_only=False) for r in (0, 1)]
     start = torch.load(work_dir / 'start_rank0.pth', weights_only=False)
     assert [e['world_size'] for e in end] == [2, 2] and [e['iter'] for e in end] == [2, 2]

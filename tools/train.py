@@ -90,7 +90,8 @@ def use_cpu_distributed(cfg: Config) -> None:
     wrapper.update(cfg.get('model_wrapper_cfg') or {})
     wrapper['device_ids'] = None
     cfg.model_wrapper_cfg = wrapper
-    if cfg.get('sync_bn') is not None or _replace_sync_bn(cfg.model):
+    replaced = _replace_sync_bn(cfg.model)  # SyncBN written in the model's norm_cfg
+    if replaced or cfg.get('sync_bn') is not None:  # or Runner's BN -> SyncBN conversion
         warnings.warn('SyncBN needs CUDA; this CPU distributed run uses per-process BatchNorm')
         cfg.sync_bn = None
 
