@@ -245,3 +245,52 @@ def test_sasa_model_trains_finite_with_cpu_amp(tmp_path, dtype):
     assert all(torch.isfinite(p).all() for p in model.parameters())
     state = torch.load(osp.join(tmp_path, 'iter_6.pth'), weights_only=True)['optimizer']
     assert ('loss_scaler' in state) == (dtype == 'float16')
+
+
+# --- item 7: memory over a run (the soak test's measurement) -----------------------------------
+
+class Leak(Hook):
+    """Keeps ``mib`` MiB of written bytes alive per iteration: a synthetic leak."""
+
+    def __init__(self, mib):
+        self.mib, self.kept = mib, []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if self.mib:
+            self.kept.append(b'\x01' * (self.mib * 1024 * 1024))
+
+
+@pytest.mark.parametrize('leak_mib', [0, 2])
+def test_memory_monitor_measures_growth(tmp_path, leak_mib):
+    """MemoryMonitorHook + growth(), as tools/soak.py uses them: a 2 MiB/iteration leak is
+    measured as ~2 MiB per iteration; without it the fitted growth stays small."""
+    from sasa_det.reliability.memory import MemoryMonitorHook, growth
+    monitor = MemoryMonitorHook(interval=5)
+    runner = _runner(tmp_path, FaultyToy(), [Leak(leak_mib), monitor], max_iters=25)
+    runner.train()
+    assert monitor.iters == list(range(1, 26))
+    fit = growth(monitor.iters[5:], monitor.rss_mib[5:])
+    if leak_mib:
+        assert fit['slope_mib_per_1k_iters'] == pytest.approx(1000 * leak_mib, rel=0.25)
+    else:
+        assert abs(fit['growth_mib']) < 8
+
+
+def test_memory_monitor_stops_at_the_cap(tmp_path):
+    from sasa_det.reliability.memory import MemoryLimitExceeded, MemoryMonitorHook
+    with pytest.raises(MemoryLimitExceeded, match='exceeds the cap of 1 MiB'):
+        _runner(tmp_path, FaultyToy(), [MemoryMonitorHook(max_rss_mib=1)]).train()
+
+
+@pytest.mark.soak
+def test_soak_demo_memory_does_not_grow(tmp_path):
+    """tools/soak.py on the SASA demo config: 300 iterations, RSS growth after warm-up within
+    64 MiB and under a 6 GiB cap (exit status 0)."""
+    import subprocess
+    import sys
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    out = tmp_path / 'soak.json'
+    proc = subprocess.run([sys.executable, osp.join(root, 'tools', 'soak.py'), '--iters', '300',
+                           '--max-rss-mib', '6144', '--tolerance-mib', '64', '--out', str(out)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:]
