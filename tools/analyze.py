@@ -85,7 +85,9 @@ def load_result_file(path: str | Path) -> dict[str, float]:
         if metrics is not None:
             return metrics
     raise ResultFileError(f"result file {path} has no '{METRICS['mAP']}' entry (expected the "
-                          f"json that mmengine writes for a test run with mmdet's CocoMetric)")
+                          f"json that mmengine writes for a test run with mmdet's CocoMetric; "
+                          f"CocoMetric writes none when no detection passed the score "
+                          f"threshold)")
 
 
 def find_result_file(work_dir: str | Path) -> Path:
@@ -166,7 +168,7 @@ def format_table(rows: list[dict], with_results: bool) -> str:
     return '\n'.join(lines)
 
 
-def _scatter(ax, points: list[dict], title: str) -> None:
+def _scatter(ax, points: list[dict], title: str, xlabel: str) -> None:
     """mAP against GFLOPs, marker area proportional to the parameter count."""
     largest = max(p['params'] for p in points)
     for p in points:
@@ -174,7 +176,7 @@ def _scatter(ax, points: list[dict], title: str) -> None:
                    label=f"{p['model']} ({p['params'] / 1e6:.2f}M params)")
         ax.annotate(f"{p['mAP']:.3f}", (p['gflops'], p['mAP']), textcoords='offset points',
                     xytext=(8, 8), fontsize=8)
-    ax.set_xlabel('GFLOPs (2 x multiply-adds)')
+    ax.set_xlabel(xlabel)
     ax.set_ylabel('bbox mAP@[.5:.95]')
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
@@ -182,7 +184,9 @@ def _scatter(ax, points: list[dict], title: str) -> None:
     maps = [p['mAP'] for p in points]
     ax.set_xlim(0, max(gflops) * 1.3)
     ax.set_ylim(max(0.0, min(maps) - 0.1), min(1.0, max(maps) + 0.1))
-    ax.legend(fontsize=7, loc='lower right')
+    legend = ax.legend(fontsize=7, loc='lower right')
+    for handle in legend.legend_handles:  # same small marker for every entry
+        handle.set_sizes([40])
 
 
 def save_plot(rows: list[dict], path: str | Path, paper: bool) -> Path:
@@ -198,9 +202,10 @@ def save_plot(rows: list[dict], path: str | Path, paper: bool) -> Path:
     size = '{}x{}'.format(*rows[0]['input_size'])
     fig, axes = plt.subplots(1, 2 if paper else 1, figsize=(12 if paper else 6.5, 4.8),
                              squeeze=False)
-    _scatter(axes[0][0], ours, f'this run (input {size})')
+    _scatter(axes[0][0], ours, f'this run (input {size})', 'GFLOPs (2 x multiply-adds)')
     if paper:
-        _scatter(axes[0][1], PAPER_POINTS, 'paper: COCO, 640x640 (FLOPS as reported)')
+        _scatter(axes[0][1], PAPER_POINTS, 'paper: COCO, 640x640',
+                 "FLOPS (B), as the paper's COCO table reports them")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

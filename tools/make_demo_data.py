@@ -1,6 +1,6 @@
 """Write the embedded demo detection set (synthetic shapes, COCO format); no download.
 
-    python tools/make_demo_data.py                       # data/demo, 800 train + 200 val, 160 px
+    python tools/make_demo_data.py                       # data/demo, 800 train + 200 val, 128 px
     python tools/make_demo_data.py --out data/tiny --num-train 8 --num-val 4 --image-size 64
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--out', default='data/demo', help='output directory (default: data/demo)')
     parser.add_argument('--num-train', type=int, default=800, help='training images')
     parser.add_argument('--num-val', type=int, default=200, help='held-out validation images')
-    parser.add_argument('--image-size', type=int, default=160, help='square image side in pixels')
+    parser.add_argument('--image-size', type=int, default=128, help='square image side in pixels')
     parser.add_argument('--seed', type=int, default=0, help='random seed (same seed, same bytes)')
     parser.add_argument('--max-objects', type=int, default=ShapeStyle.max_objects,
                         help='most objects in one image')

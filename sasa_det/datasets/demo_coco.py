@@ -73,7 +73,7 @@ def write_split(out_dir: str | os.PathLike, split: str, num_images: int, image_s
 
 
 def make_demo_dataset(out_dir: str | os.PathLike, num_train: int = 800, num_val: int = 200,
-                      image_size: int = 160, seed: int = 0,
+                      image_size: int = 128, seed: int = 0,
                       style: ShapeStyle = ShapeStyle()) -> dict[str, Path]:
     """Write both splits; returns {'train': json path, 'val': json path}."""
     return {

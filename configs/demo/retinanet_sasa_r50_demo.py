@@ -1,0 +1,20 @@
+# The headline model of configs/retinanet_sasa_r50.py (attention backbone with a convolutional
+# stem, attention FPN and attention head) shrunk for the demo on a 2-core CPU: the same model
+# base and runtime, with the embedded demo data in place of COCO and a short schedule in place
+# of 1x (configs/demo/_base_/). What shrinks, the same in retinanet_r50_demo.py so that the two
+# stay comparable:
+# - input 128 x 128 instead of 1333 x 800: anchors halve (octave_base_scale 4 -> 2);
+# - backbone depth 50 -> 26 and base width 64 -> 16 (stage outputs 64, 128, 256, 512);
+# - FPN and head width 256 -> 64, head depth 4 -> 2 layers per subnet.
+# The attention is the paper's: k = 7, 8 heads, relative logits, masked borders.
+_base_ = [
+    '../_base_/models/retinanet_sasa_r50_fpn.py',
+    './_base_/shapes_demo.py',
+    './_base_/cpu_schedule.py',
+]
+
+model = dict(
+    backbone=dict(depth=26, base_channels=16),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=64),
+    bbox_head=dict(num_classes=4, in_channels=64, feat_channels=64, stacked_convs=2,
+                   anchor_generator=dict(octave_base_scale=2)))
