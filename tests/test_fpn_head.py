@@ -111,7 +111,7 @@ def pyramid(batch: int = 1, size: int = 64):
 
 
 def test_head_subnets_are_sasa_layers_with_pointwise_predictors():
-    head = MODELS.build(head_cfg())
+    head = MODELS.build(head_cfg(head_mixing='predictor'))
     for subnet in (head.cls_convs, head.reg_convs):
         assert len(subnet) == 2
         assert all(isinstance(m.conv, LocalSelfAttention2d) and m.conv.kernel_size == K
@@ -120,18 +120,24 @@ def test_head_subnets_are_sasa_layers_with_pointwise_predictors():
 
 
 def test_head_extra_mixing_keeps_3x3_predictors_after_a_pointwise_layer():
-    head = MODELS.build(head_cfg(head_mixing='extra'))
+    head = MODELS.build(head_cfg())  # the default
+    assert head.head_mixing == 'extra'
     for subnet in (head.cls_convs, head.reg_convs):
         assert isinstance(subnet[-1].conv, nn.Conv2d) and subnet[-1].conv.kernel_size == (1, 1)
         assert all(isinstance(m.conv, LocalSelfAttention2d) for m in subnet[:-1])
     assert head.retina_cls.kernel_size == (3, 3)
 
 
-def test_head_parameter_count_is_one_set_for_all_levels():
+@pytest.mark.parametrize('head_mixing', ['predictor', 'extra'])
+def test_head_parameter_count_is_one_set_for_all_levels(head_mixing):
     """Weights shared across levels: the count is that of one subnet pair plus the predictors."""
-    head = MODELS.build(head_cfg())
+    head = MODELS.build(head_cfg(head_mixing=head_mixing))
     subnet = 2 * sasa_params(C, C)
-    predictors = (C * 3 + 3) + (C * 4 + 4)  # 1 anchor: 3 class logits, 4 box deltas
+    if head_mixing == 'predictor':  # 1x1 predictors, 1 anchor: 3 class logits, 4 box deltas
+        predictors = (C * 3 + 3) + (C * 4 + 4)
+    else:  # a 1x1 C -> C mixing layer per subnet, then RetinaNet's 3x3 predictors
+        subnet += C * C + C
+        predictors = (9 * C * 3 + 3) + (9 * C * 4 + 4)
     assert sum(p.numel() for p in head.parameters()) == 2 * subnet + predictors
 
 
@@ -159,7 +165,9 @@ def test_head_init_draws_value_weights_from_n0_001_and_keeps_the_class_prior():
                                  attention_cfg=dict(kernel_size=K, heads=8)))
     head.init_weights()
     for subnet in (head.cls_convs, head.reg_convs):
-        for module in subnet:
+        mixing = subnet[-1].conv  # the 1x1 layer: a Conv2d, RetinaNet's N(0, 0.01) like the rest
+        assert isinstance(mixing, nn.Conv2d) and abs(mixing.weight.std().item() - 0.01) < 0.0005
+        for module in subnet[:-1]:
             w_v = module.conv.value_weight
             assert w_v.shape == (256, 256)
             assert abs(w_v.std().item() - 0.01) < 0.0005 and abs(w_v.mean().item()) < 0.0005

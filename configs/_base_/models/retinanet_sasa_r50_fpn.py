@@ -5,4 +5,4 @@ _base_ = './retinanet_sasa_r50_fpn_convhead.py'
 model = dict(
     neck=dict(type='SASAFPN', attention_cfg=dict(kernel_size=7, heads=8)),
     bbox_head=dict(type='SASARetinaHead', attention_cfg=dict(kernel_size=7, heads=8),
-                   head_mixing='predictor'))
+                   head_mixing='extra'))

@@ -22,10 +22,14 @@ class SASARetinaHead(RetinaHead):
     The paper says a pointwise convolution ends each subnet but not whether it replaces the 3x3
     class/box predictors or comes in front of them. ``head_mixing`` chooses:
 
-    - ``'predictor'`` (default): the class and box predictors are 1x1 convolutions; they are the
-      pointwise convolution. No spatial convolution is left in the head ("attention everywhere").
-    - ``'extra'``: a 1x1 ConvModule (feat_channels -> feat_channels, norm and ReLU as the subnet)
-      ends each subnet and RetinaNet's 3x3 predictors follow it.
+    - ``'extra'`` (default): a 1x1 ConvModule (feat_channels -> feat_channels, norm and ReLU as
+      the subnet) ends each subnet and RetinaNet's 3x3 predictors follow it.
+    - ``'predictor'``: the class and box predictors are 1x1 convolutions; they are the pointwise
+      convolution, and no spatial convolution is left in the head.
+
+    The default is the reading whose counts come closer to the paper's COCO headline (34% fewer
+    parameters, 39% fewer FLOPs than the convolutional RetinaNet): with an attention R-50, FPN
+    and head at 640 x 640, 'extra' gives 37% / 34% fewer, 'predictor' 42% / 49% fewer.
 
     Initialisation: W_V of every SASA layer is drawn from N(0, 0.01), as RetinaNet draws its subnet
     convolutions; W_Q, W_K and the relative tables keep the layer's own initialisation. The
@@ -44,7 +48,7 @@ class SASARetinaHead(RetinaHead):
 
     def __init__(self, num_classes: int, in_channels: int,
                  attention_cfg: dict = dict(kernel_size=7, heads=8),
-                 head_mixing: str = 'predictor', **kwargs) -> None:
+                 head_mixing: str = 'extra', **kwargs) -> None:
         if head_mixing not in HEAD_MIXING:
             raise ValueError(f'head_mixing must be one of {HEAD_MIXING}, got {head_mixing!r}')
         if kwargs.get('conv_cfg') is not None:
