@@ -118,7 +118,7 @@ class Progress(Hook):
         time.sleep(0.1)
 
 
-def train_toy(work_dir, max_iters, resume, slow_save_iter=None):
+def train_toy(work_dir, max_iters, resume, slow_save_iter=None, max_keep_ckpts=-1):
     """Train the toy model with a checkpoint every 2 iterations; return the run's log text."""
     runner = Runner(
         model=Toy(), work_dir=work_dir,
@@ -127,7 +127,8 @@ def train_toy(work_dir, max_iters, resume, slow_save_iter=None):
                               num_workers=0, collate_fn=dict(type='default_collate')),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False,
+                                           max_keep_ckpts=max_keep_ckpts),
                            logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=[Progress(slow_save_iter)], resume=resume, randomness=dict(seed=0),
         default_scope='mmengine', experiment_name=f'toy_{os.getpid()}_{time.time_ns()}')
@@ -136,22 +137,23 @@ def train_toy(work_dir, max_iters, resume, slow_save_iter=None):
         return f.read()
 
 
-# The subprocess that gets killed: argv = work_dir max_iters slow_save_iter(or -1).
+# The subprocess that gets killed: argv = work_dir max_iters slow_save_iter(or -1) max_keep_ckpts
 CHILD = textwrap.dedent('''
     import sys
     sys.path.insert(0, {tests!r})
     from test_reliability_checkpoints import train_toy
     slow = int(sys.argv[3])
-    train_toy(sys.argv[1], int(sys.argv[2]), resume=False, slow_save_iter=slow if slow > 0 else None)
+    train_toy(sys.argv[1], int(sys.argv[2]), resume=False, slow_save_iter=slow if slow > 0 else None,
+              max_keep_ckpts=int(sys.argv[4]))
 ''').format(tests=osp.dirname(osp.abspath(__file__)))
 
 
-def _start(work_dir, max_iters, slow_save_iter=-1):
+def _start(work_dir, max_iters, slow_save_iter=-1, max_keep_ckpts=-1):
     """Start the toy training in a subprocess (to be killed)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
                OMP_NUM_THREADS='1')
     return subprocess.Popen([sys.executable, '-c', CHILD, work_dir, str(max_iters),
-                             str(slow_save_iter)], env=env, stdout=subprocess.DEVNULL,
+                             str(slow_save_iter), str(max_keep_ckpts)], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 
@@ -202,10 +204,12 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(tmp_path):
     assert checkpoint_problem(osp.join(work_dir, 'iter_8.pth')) is None
 
 
-def test_sigkill_while_writing_checkpoint_leaves_no_damaged_file(tmp_path):
-    """Killed with half of iter_4.pth written: no truncated iter_4.pth, resume from iter_2."""
+@pytest.mark.parametrize('max_keep_ckpts', [-1, 1])
+def test_sigkill_while_writing_checkpoint_leaves_no_damaged_file(tmp_path, max_keep_ckpts):
+    """Killed with half of iter_4.pth written: no truncated iter_4.pth, resume from iter_2,
+    also when only one checkpoint is kept (iter_2 is deleted only after iter_4 is complete)."""
     work_dir = str(tmp_path / 'work')
-    proc = _start(work_dir, max_iters=6, slow_save_iter=4)
+    proc = _start(work_dir, max_iters=6, slow_save_iter=4, max_keep_ckpts=max_keep_ckpts)
     _wait_for(lambda: osp.exists(osp.join(work_dir, 'writing')), proc)
     _kill(proc)
     names = sorted(n for n in os.listdir(work_dir) if n.endswith('.pth'))
@@ -215,11 +219,13 @@ def test_sigkill_while_writing_checkpoint_leaves_no_damaged_file(tmp_path):
     assert _last_checkpoint(work_dir) == osp.join(work_dir, 'iter_2.pth')
 
     done = len(_progress(work_dir))
-    log = train_toy(work_dir, max_iters=6, resume=True)
+    log = train_toy(work_dir, max_iters=6, resume=True, max_keep_ckpts=max_keep_ckpts)
     assert 'unfinished checkpoint write' in log  # the stale temporary was cleaned up
     assert _first_iter_after_resume(work_dir, done) == 3
     assert not [n for n in os.listdir(work_dir) if n.startswith('.tmp-sasa-')]
     assert checkpoint_problem(osp.join(work_dir, 'iter_6.pth')) is None
+    if max_keep_ckpts == 1:  # the old ones are still removed, after the new one is written
+        assert [n for n in os.listdir(work_dir) if n.endswith('.pth')] == ['iter_6.pth']
 
 
 def _member_data_offset(path, suffix):

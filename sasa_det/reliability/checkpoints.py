@@ -1,13 +1,15 @@
 """Checkpoints that survive a kill: atomic writes, and auto-resume that skips damaged files.
 
-mmengine 0.10.7 writes a checkpoint with ``open(path, 'wb').write(bytes)`` (``LocalBackend.put``),
-so a run killed during the write leaves a truncated file under the final name, and the next
-``--resume`` reads ``work_dir/last_checkpoint`` and fails on it (or on a pointer to it). Two fixes,
-applied by :func:`install` when ``sasa_det`` is imported:
+mmengine 0.10.7 writes a checkpoint with ``open(path, 'wb').write(bytes)``
+(``LocalBackend.put``), so a run killed during the write leaves a truncated file under the final
+name, and the next ``--resume`` reads ``work_dir/last_checkpoint`` and fails on it (or on a
+pointer to it). Three fixes, applied by :func:`install` when ``sasa_det`` is imported:
 
 - ``LocalBackend.put`` writes to a temporary file in the same directory, flushes and fsyncs it,
   then ``os.replace``-s it onto the final name (atomic on POSIX and Windows within a file system)
   and fsyncs the directory. A reader sees either the old file or the complete new one.
+- ``CheckpointHook`` deletes the checkpoints beyond ``max_keep_ckpts`` *after* writing the new
+  one (mmengine deletes first, so with ``max_keep_ckpts=1`` a kill mid-write left nothing).
 - ``find_latest_checkpoint`` (what ``Runner(resume=True)`` calls) verifies the checkpoint that
   ``last_checkpoint`` names. If it is missing, truncated or corrupt, it logs a warning naming the
   file and the reason, and returns the newest intact checkpoint in the same directory instead.
@@ -112,7 +114,10 @@ def remove_stale_temporaries(directory: str, logger) -> None:
         if name.startswith(TMP_PREFIX):
             logger.warning(f'Removing {osp.join(directory, name)}: an unfinished checkpoint '
                            'write from an interrupted run.')
-            os.unlink(osp.join(directory, name))
+            try:
+                os.unlink(osp.join(directory, name))
+            except FileNotFoundError:  # another rank of the same resumed run removed it
+                pass
 
 
 def find_latest_good_checkpoint(work_dir: str) -> Optional[str]:
@@ -148,21 +153,46 @@ def find_latest_good_checkpoint(work_dir: str) -> Optional[str]:
                        f'and no intact *.pth checkpoint was found in {search_dir}.')
 
 
+def _save_then_remove_old(save_checkpoint_with_step):
+    """Wrap ``CheckpointHook._save_checkpoint_with_step`` so that the checkpoints it drops
+    (``max_keep_ckpts``) are deleted after the new one and ``last_checkpoint`` are written,
+    not before: with ``max_keep_ckpts=1`` a kill during the write would otherwise leave none."""
+
+    def wrapped(self, runner, step, meta):
+        backend, deferred = self.file_backend, []
+        backend.remove = lambda path: deferred.append(('remove', path))
+        backend.rmtree = lambda path: deferred.append(('rmtree', path))
+        try:
+            save_checkpoint_with_step(self, runner, step, meta)
+        finally:
+            del backend.remove, backend.rmtree  # back to the class's methods
+        for method, path in deferred:  # only once the new checkpoint is complete
+            getattr(backend, method)(path)
+
+    wrapped.__wrapped__ = save_checkpoint_with_step
+    return wrapped
+
+
 def _atomic_put(self, obj: bytes, filepath) -> None:
     """``LocalBackend.put``, atomically (see :func:`atomic_write_bytes`)."""
     atomic_write_bytes(obj, str(filepath))
 
 
 def install() -> None:
-    """Make mmengine's local checkpoint writes atomic and its auto-resume skip damaged files.
+    """Make mmengine's local checkpoint writes atomic, its old-checkpoint removal come after
+    the new checkpoint is written, and its auto-resume skip damaged files.
 
     Idempotent. ``mmengine.runner.runner`` imported ``find_latest_checkpoint`` by name, so it is
     replaced there as well as in ``mmengine.runner.checkpoint``.
     """
     from mmengine.fileio.backends import local_backend
+    from mmengine.hooks import CheckpointHook
     from mmengine.runner import checkpoint as mm_checkpoint
     from mmengine.runner import runner as mm_runner
 
     local_backend.LocalBackend.put = _atomic_put
+    if not hasattr(CheckpointHook._save_checkpoint_with_step, '__wrapped__'):
+        CheckpointHook._save_checkpoint_with_step = _save_then_remove_old(
+            CheckpointHook._save_checkpoint_with_step)
     mm_checkpoint.find_latest_checkpoint = find_latest_good_checkpoint
     mm_runner.find_latest_checkpoint = find_latest_good_checkpoint
