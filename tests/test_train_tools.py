@@ -142,3 +142,19 @@ def test_dist_train_two_cpu_ranks_hold_identical_weights(tmp_path):
     for name, value in end[0]['params'].items():
         assert torch.equal(value, end[1]['params'][name]), name
     assert any(not torch.equal(start['params'][n], v) for n, v in end[0]['params'].items())
+
+
+def test_bad_config_value_is_reported_with_its_config_key(tmp_path):
+    """tools/train.py builds the Runner so that a layer's ValueError names the config key."""
+    sys.path.insert(0, str(ROOT / 'tools'))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(ROOT / 'tools'))
+    from sasa_det.reliability import ConfigValueError
+    args = train.parse_args([str(CONFIG), '--work-dir', str(tmp_path), '--cfg-options',
+                             'model.neck.attention_cfg.kernel_size=4'])
+    cfg = train.load_config(args)
+    cfg.visualizer.name = f'bad-value-{tmp_path.name}'  # not the process-wide 'visualizer'
+    with pytest.raises(ConfigValueError, match=r'^model\.neck\.attention_cfg\.kernel_size = 4'):
+        train.build_runner(cfg)

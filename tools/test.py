@@ -14,11 +14,13 @@ from mmdet.evaluation import DumpDetResults
 # tools/ is this script's directory, so train.py's command line and set-up are importable; it
 # also puts the repository on sys.path and imports sasa_det.
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import build_runner, load_config, parse_args  # noqa: E402
+from train import (build_runner, load_config, parse_args,  # noqa: E402
+                   setup_cache_size_limit_of_dynamo)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv, test=True)
+    setup_cache_size_limit_of_dynamo()
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
     if args.show_dir:

@@ -21,6 +21,8 @@ from mmengine.runner import Runner
 # Run from a checkout without `pip install -e .`: make the repository importable.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import sasa_det  # noqa: E402,F401  (registers SASA modules and safe checkpoint loading)
+from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
+from sasa_det.reliability import explain_config_errors  # noqa: E402
 
 
 def parse_args(argv=None, test: bool = False) -> argparse.Namespace:
@@ -111,11 +113,14 @@ def _replace_sync_bn(node) -> bool:
 
 
 def build_runner(cfg: Config) -> Runner:
-    return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    """mmengine's Runner (or cfg.runner_type); a bad value names its config key in the error."""
+    with explain_config_errors(cfg):
+        return Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    setup_cache_size_limit_of_dynamo()  # as mmdet's train.py: fewer torch.compile recompiles
     cfg = load_config(args)
     if args.amp and torch.cuda.is_available():
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
