@@ -143,8 +143,8 @@ CHILD = textwrap.dedent('''
     sys.path.insert(0, {tests!r})
     from test_reliability_checkpoints import train_toy
     slow = int(sys.argv[3])
-    train_toy(sys.argv[1], int(sys.argv[2]), resume=False, slow_save_iter=slow if slow > 0 else None,
-              max_keep_ckpts=int(sys.argv[4]))
+    train_toy(sys.argv[1], int(sys.argv[2]), resume=False,
+              slow_save_iter=slow if slow > 0 else None, max_keep_ckpts=int(sys.argv[4]))
 ''').format(tests=osp.dirname(osp.abspath(__file__)))
 
 
@@ -153,8 +153,8 @@ def _start(work_dir, max_iters, slow_save_iter=-1, max_keep_ckpts=-1):
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
                OMP_NUM_THREADS='1')
     return subprocess.Popen([sys.executable, '-c', CHILD, work_dir, str(max_iters),
-                             str(slow_save_iter), str(max_keep_ckpts)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             str(slow_save_iter), str(max_keep_ckpts)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _wait_for(predicate, proc, timeout=120):

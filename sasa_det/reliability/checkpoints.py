@@ -37,7 +37,8 @@ def atomic_write_bytes(data: bytes, path: str) -> None:
     """Write ``data`` to ``path`` so that ``path`` is never seen partly written."""
     directory = osp.dirname(osp.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = osp.join(directory, f'{TMP_PREFIX}{osp.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}')
+    unique = f'{os.getpid()}.{uuid.uuid4().hex[:8]}'
+    tmp = osp.join(directory, f'{TMP_PREFIX}{osp.basename(path)}.{unique}')
     # os.open with 0o666 (not mkstemp's 0o600) so the umask decides, as for open(path, 'wb').
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
     try:

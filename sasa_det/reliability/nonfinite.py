@@ -107,9 +107,11 @@ class NonFiniteLossHook(Hook):
 
         def guarded_step(*args, **kwargs):
             if check_grads:
-                finite = all(bool(torch.isfinite(p.grad).all())
-                             for group in wrapper.optimizer.param_groups
-                             for p in group['params'] if p.grad is not None)
+                grads = [p.grad for group in wrapper.optimizer.param_groups
+                         for p in group['params'] if p.grad is not None]
+                # One flag per tensor, reduced on the device: a single host sync per step.
+                finite = not grads or bool(torch.stack(
+                    [torch.isfinite(g).all() for g in grads]).all())
                 if not _all_ranks_finite(finite):
                     return self._non_finite('gradient', wrapper)
             self._consecutive = 0
