@@ -85,12 +85,13 @@ inline Vec<double> vexp(Vec<double> x) {
 }
 
 // s[b] += sum_{t < n} x[t * xs + b * L] * y[t * ys + b * L] for the NB vectors b of a column
-// block. NB vectors x P partial sums = 8 independent FMA chains, so that throughput, not the
-// latency of one accumulator chain, sets the pace (one chain ran ~4x slower).
+// block. NB vectors x P partial sums = 4 independent FMA chains: enough to hide the FMA latency
+// at the one FMA per cycle that two loads per FMA allow (a single chain ran ~4x slower; 8 chains
+// only added partial-sum merging).
 template <typename T, int NB>
 inline void dot(Vec<T>* s, const T* x, int64_t xs, const T* y, int64_t ys, int64_t n) {
   constexpr int64_t L = kLanes<T>;
-  constexpr int P = 8 / NB;
+  constexpr int P = NB >= 4 ? 1 : 4 / NB;
   Vec<T> acc[P][NB];
   for (int p = 0; p < P; ++p)
     for (int b = 0; b < NB; ++b) acc[p][b] = splat(T(0));
