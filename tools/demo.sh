@@ -87,7 +87,7 @@ for model in "${MODELS[@]}"; do
     configs+=("configs/demo/$model.py")
     results+=("$WORK/$model")
 done
-"$PY" tools/analyze.py "${configs[@]}" --results "${results[@]}" --names conv-R50 SASA-R50 \
+"$PY" tools/analyze.py "${configs[@]}" --results "${results[@]}" --names conv-R26-demo SASA-R26-demo \
     --plot "$WORK/map_vs_flops.png" --table "$WORK/table.md" --paper
 done_step
 

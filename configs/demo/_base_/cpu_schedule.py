@@ -4,7 +4,7 @@
 # No validation while training: tools/test.py evaluates the final checkpoint.
 _base_ = '../../_base_/default_runtime.py'
 
-max_iters = 600
+max_iters = 1500
 
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters,
                  val_begin=max_iters + 1, val_interval=max_iters)
@@ -21,6 +21,6 @@ optim_wrapper = dict(
     clip_grad=dict(max_norm=35, norm_type=2))
 
 default_hooks = dict(
-    logger=dict(type='LoggerHook', interval=20),
+    logger=dict(type='LoggerHook', interval=50),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
