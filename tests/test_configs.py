@@ -99,7 +99,11 @@ def test_baseline_is_mmdets_retinanet_1x_but_from_scratch():
         'model.backbone.init_cfg.type', 'model.backbone.init_cfg.checkpoint',  # from scratch
         'model.backbone.frozen_stages',
         'model.backbone.norm_eval',
-        'model.neck.add_extra_convs'}  # P6 from P5, as the paper's parameter count
+        'model.neck.add_extra_convs',  # P6 from P5, as the paper's parameter count
+        'custom_hooks.0.type', 'custom_hooks.0.mode',  # NonFiniteLossHook: stop on NaN/Inf
+        # CheckedCocoDataset: CocoDataset that names the file and annotation of bad data
+        'dataset_type', 'train_dataloader.dataset.type', 'val_dataloader.dataset.type',
+        'test_dataloader.dataset.type'}
 
 
 @pytest.mark.parametrize('name', [n for n in CONFIGS if '_paper-150e' in n])

@@ -10,6 +10,10 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=3),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
+# A NaN/Inf loss or gradient stops training before the optimizer step, naming the iteration and
+# every loss term, so neither the weights nor the last checkpoint are touched
+# (mode='skip' drops that update instead).
+custom_hooks = [dict(type='NonFiniteLossHook', mode='stop')]
 
 env_cfg = dict(
     cudnn_benchmark=False,

@@ -1,6 +1,7 @@
 # COCO 2017 where mmdet expects it: data/coco/{annotations, train2017, val2017}. mmdet's standard
 # pipeline (1333 x 800, flip), batch 2 per GPU, and CocoMetric (bbox mAP) on val2017.
-dataset_type = 'CocoDataset'
+# mmdet's CocoDataset plus checks that name the file and annotation of bad data.
+dataset_type = 'CheckedCocoDataset'
 data_root = 'data/coco/'
 backend_args = None
 
