@@ -163,7 +163,9 @@ def format_table(rows: list[dict], with_results: bool) -> str:
         cells = [row['model'], '{}x{}'.format(*row['input_size']), f"{row['params'] / 1e6:.2f}",
                  f"{row['macs'] / 1e9:.3f}", f"{row['flops'] / 1e9:.3f}"]
         if with_results:
-            cells += ['n/a' if math.isnan(row[col]) else f'{row[col]:.3f}' for col in METRICS]
+            # CocoMetric writes -1 for an area range with no objects (APl on small images).
+            cells += ['n/a' if math.isnan(row[col]) or row[col] < 0 else f'{row[col]:.3f}'
+                      for col in METRICS]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 
