@@ -49,12 +49,13 @@ COCO_CONFIGS = [
     ('retinanet_sasa_r50_attnstem.py', 'attention everywhere', None),
 ]
 # Where the paper is silent: P6 from C5 (mmdet's default, RetinaNet's paper) rather than from
-# P5; the head's pointwise convolution in front of 3x3 predictors rather than being them.
+# P5; the head's pointwise convolution being the class/box predictors rather than preceding
+# RetinaNet's 3x3 predictors (head_mixing='extra', the default).
 COCO_VARIANTS = [
     ('retinanet_r50.py', 'conv baseline, P6 from C5 (mmdet default)',
      {'model.neck.add_extra_convs': 'on_input'}),
-    ('retinanet_sasa_r50_attnstem.py', "attention everywhere, head_mixing='extra'",
-     {'model.bbox_head.head_mixing': 'extra'}),
+    ('retinanet_sasa_r50_attnstem.py', "attention everywhere, head_mixing='predictor'",
+     {'model.bbox_head.head_mixing': 'predictor'}),
 ]
 
 
