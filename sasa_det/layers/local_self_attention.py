@@ -125,16 +125,18 @@ class LocalSelfAttention2d(nn.Module):
         shape = (n, h, w, self.heads, self.head_dim)
         # Channels-last projections: every head's d channels are contiguous per pixel.
         qkv = self.qkv(x.permute(0, 2, 3, 1)).unflatten(-1, (-1, self.heads, self.head_dim))
-        q, v = qkv[..., 0, :, :], qkv[..., -1, :, :]
-        k = qkv[..., 1, :, :] if self.uses_content else None
+        # unbind: one backward (a stack) instead of a zero-filled qkv-sized gradient per select.
+        q, *k, v = qkv.unbind(-3)
+        k = k[0] if k else None
         if self.scale is not None:
             q = q * self.scale
 
         row_logits = col_logits = None
         if self.positional_encoding == 'relative':
-            half = self.head_dim // 2
-            row_logits = q[..., :half] @ self.rel_row.t()  # q . r_row[u]: (N, H, W, heads, k)
-            col_logits = q[..., half:] @ self.rel_col.t()  # q . r_col[w]
+            # q . r_row[u] and q . r_col[w] in one matmul with block-diagonal [[r_row^T, 0],
+            # [0, r_col^T]] of shape (d, 2k): no strided halves of q, no slice backwards.
+            tables = torch.block_diag(self.rel_row.t(), self.rel_col.t()).to(q.dtype)
+            row_logits, col_logits = (q @ tables).split(self.kernel_size, dim=-1)
         elif self.positional_encoding == 'absolute':
             position = sinusoidal_2d(h, w, self.head_dim, x.device, q.dtype)[:, :, None, :]
             k = position.expand(shape) if k is None else k + position  # q.(k + p) = q.k + q.p
