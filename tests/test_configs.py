@@ -16,6 +16,7 @@ import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 import sasa_det  # noqa: F401
@@ -30,7 +31,14 @@ FIVE = ['retinanet_r50.py', 'retinanet_sasa_r50_convhead.py',
         'retinanet_sasa_r50_attnstem_convhead.py', 'retinanet_sasa_r50.py',
         'retinanet_sasa_r50_attnstem.py']
 
-register_all_modules()  # mmdet's default scope, as tools/train.py's Runner sets it
+register_all_modules(init_default_scope=False)
+
+
+@pytest.fixture(autouse=True)
+def mmdet_scope():
+    """mmdet's default scope, as tools/train.py's Runner sets it. Per test: a Runner built by
+    another test module leaves its own scope ('mmengine') as the current one."""
+    init_default_scope('mmdet')
 
 
 def load(name: str) -> Config:
@@ -119,16 +127,6 @@ def test_paper_recipe(name):
     assert cfg.sync_bn == 'torch'
     base = load(name.replace('_paper-150e_coco', ''))
     assert cfg.model == base.model  # same detector as the 1x config, only the recipe differs
-
-
-@pytest.fixture(scope='module')
-def one_thread():
-    """One intra-op thread: on a small, shared CI machine, OpenMP threads spin-waiting for cores
-    make these tiny iterations 2-3x slower in wall time."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope='module')

@@ -34,14 +34,7 @@ from torch import nn  # noqa: E402
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes: one thread is as fast, and far faster on a busy shared machine (idle
-    OpenMP workers spinning for cores); restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest
 
 
 class Toy(BaseModel):

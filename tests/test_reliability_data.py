@@ -17,15 +17,7 @@ from sasa_det.reliability import CocoAnnotationError, check_coco_annotations
 CATEGORIES = [dict(id=1, name='square'), dict(id=2, name='disc')]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes: one thread is as fast, and far faster on a busy shared machine (idle
-    OpenMP workers spinning for cores); restored after each test."""
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest
 
 
 def _write_set(root, annotations=None, size=32):

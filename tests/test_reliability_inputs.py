@@ -12,14 +12,7 @@ from torch import nn
 from sasa_det.layers import LocalSelfAttention2d, SpatiallyAwareStem
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These shapes are tiny: one thread is as fast, and far faster on a busy shared machine
-    (idle OpenMP workers spinning for cores); restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest
 
 
 # (H, W): 1 pixel, smaller than the 7x7 window, odd, extreme aspect ratios both ways.

@@ -17,14 +17,7 @@ from mmengine.runner import Runner  # noqa: E402
 from sasa_det.reliability import NonFiniteLossError, NonFiniteLossHook  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny shapes: one thread is as fast, and far faster on a busy shared machine (idle
-    OpenMP workers spinning for cores); restored after each test."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest
 
 
 class FaultyToy(BaseModel):
