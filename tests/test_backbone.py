@@ -143,7 +143,7 @@ def test_with_cp_gives_same_gradients_and_keeps_fewer_activations():
     checkpointed = SASAResNet(26, stem='attention', norm_eval=False, with_cp=True,
                               **TINY).double()
     checkpointed.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 33, 47, dtype=torch.float64)  # float64: differences are exact zeros
+    x = torch.randn(2, 3, 33, 47, dtype=torch.float64)  # float64: differences are rounding only
 
     def run(model):
         model.train()
@@ -164,7 +164,9 @@ def test_with_cp_gives_same_gradients_and_keeps_fewer_activations():
     grads_cp, saved_cp = run(checkpointed)
     assert grads_plain.keys() == grads_cp.keys()
     for name in grads_plain:
-        torch.testing.assert_close(grads_cp[name], grads_plain[name], rtol=1e-9, atol=1e-12)
+        # float64 rounding only: the recomputed forward's matmuls run on new allocations, whose
+        # alignment can change the BLAS reduction order (seen: 3.8e-12 in one of 768 entries).
+        torch.testing.assert_close(grads_cp[name], grads_plain[name], rtol=1e-7, atol=1e-10)
     assert saved_cp < 0.5 * saved_plain, (saved_cp, saved_plain)
 
 
