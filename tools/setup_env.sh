@@ -106,4 +106,16 @@ import mmcv, mmcv.ops, mmdet, mmengine, timm, torch, torchvision
 print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
       f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, timm {timm.__version__}")
 PY
+step "sasa_det's fused C++ CPU attention kernel (compiled once, then cached by torch)"
+# Built here so that the first training run does not stop for it; where it cannot be built,
+# sasa_det warns and uses its pure-PyTorch path, so that is reported and set-up goes on.
+"$PY" - <<'PY'
+import time
+start = time.perf_counter()
+from sasa_det.ops import cpu_kernel
+if cpu_kernel.is_available():
+    print(f"kernel ready ({time.perf_counter() - start:.0f} s)")
+else:
+    print("kernel unavailable: sasa_det will use the slower pure-PyTorch path (see the warning)")
+PY
 say "environment ready: $VENV (set-up took $(( $(date +%s) - START )) s in total)"
