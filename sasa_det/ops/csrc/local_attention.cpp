@@ -158,11 +158,9 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t left, int64_t width) {
 // q, k, v, grad_out (B, H, W, heads, D) -> zero-padded rows (B, heads, H, D, S). The D channel
 // rows of an image row are adjacent: with one plane per channel (B, heads, D, H, S) the D rows
 // read together were a multiple of 4 KiB apart, fell into the same L1 sets and evicted each other.
-template <typename T>
 at::Tensor pack(const at::Tensor& x, const Geometry& g) { return pack_rows(x, g.r, g.S); }
 
 // row or column logits (B, H, W, heads, k) -> (B, heads, H, k, Wv), zero past W.
-template <typename T>
 at::Tensor pack_rel(const at::Tensor& x, const Geometry& g) { return pack_rows(x, 0, g.Wv); }
 
 // Rows (b, i) of a (B, H, W, heads, D) output from a task buffer acc[d][Wv] of head n.
@@ -183,14 +181,14 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
                                      int64_t kernel_size, bool mask) {
   constexpr int64_t L = kLanes<T>;
   const Geometry g(q, kernel_size, L);
-  const at::Tensor Q = pack<T>(q, g), V = pack<T>(v, g);
-  const at::Tensor K = k ? pack<T>(*k, g) : at::Tensor();
+  const at::Tensor Q = pack(q, g), V = pack(v, g);
+  const at::Tensor K = k ? pack(*k, g) : at::Tensor();
   at::Tensor out = at::empty({g.B, g.H, g.W, g.heads, g.D}, q.options());
   at::Tensor attn = at::empty({g.B, g.heads, g.H, g.KK, g.S}, q.options());
   // Absent positional logits read as zeros.
   const at::Tensor zeros = at::zeros({g.Wv}, q.options());
-  const at::Tensor R = row_logits ? pack_rel<T>(*row_logits, g) : at::Tensor();
-  const at::Tensor C = col_logits ? pack_rel<T>(*col_logits, g) : at::Tensor();
+  const at::Tensor R = row_logits ? pack_rel(*row_logits, g) : at::Tensor();
+  const at::Tensor C = col_logits ? pack_rel(*col_logits, g) : at::Tensor();
   const T* Qp = Q.data_ptr<T>();
   const T* Kp = k ? K.data_ptr<T>() : nullptr;
   const T* Vp = V.data_ptr<T>();
@@ -284,9 +282,9 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
                                       bool has_col) {
   constexpr int64_t L = kLanes<T>;
   const Geometry g(q, kernel_size, L);
-  const at::Tensor G = pack<T>(grad_out, g), V = pack<T>(v, g);
-  const at::Tensor Q = k ? pack<T>(q, g) : at::Tensor();
-  const at::Tensor K = k ? pack<T>(*k, g) : at::Tensor();
+  const at::Tensor G = pack(grad_out, g), V = pack(v, g);
+  const at::Tensor Q = k ? pack(q, g) : at::Tensor();
+  const at::Tensor K = k ? pack(*k, g) : at::Tensor();
   at::Tensor d_logit = at::empty_like(attn);
   at::Tensor d_q, d_k, d_row, d_col;
   const auto opts = q.options();
