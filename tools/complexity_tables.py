@@ -48,9 +48,10 @@ COCO_CONFIGS = [
     ('retinanet_sasa_r50.py', 'conv stem + attention backbone, attention FPN/head', None),
     ('retinanet_sasa_r50_attnstem.py', 'attention everywhere', None),
 ]
-# Where the paper is silent: P6 from C5 (mmdet's default, RetinaNet's paper) rather than from
-# P5; the head's pointwise convolution being the class/box predictors rather than preceding
-# RetinaNet's 3x3 predictors (head_mixing='extra', the default).
+# Where the paper is silent, the other reading of each open choice: P6 from C5 (mmdet's default,
+# RetinaNet's paper) rather than from P5; the head's pointwise convolution being the class/box
+# predictors (head_mixing='predictor') rather than preceding RetinaNet's 3x3 predictors
+# (head_mixing='extra', the default).
 COCO_VARIANTS = [
     ('retinanet_r50.py', 'conv baseline, P6 from C5 (mmdet default)',
      {'model.neck.add_extra_convs': 'on_input'}),

@@ -42,6 +42,6 @@ model = dict(
 # take lr 3e-3 (AdamW, decoupled weight decay 0.05), while the conv demo model, with mmdet's
 # norm-free RetinaNet FPN and head, does not train at 3e-3 (loss 1.17, mAP 0.000 at 600
 # iterations) and keeps cpu_schedule.py's 1e-3. Measured on this model at 1500 iterations, one
-# seed each: lr 1e-3 / wd 1e-4, mAP 0.154; lr 3e-3 / wd 0.05, 0.165 (0.183 with 2 heads in the
-# backbone, 0.141 with 2 heads at 1e-3: within seed noise, so the paper's 8 heads stay).
+# unseeded run each: lr 1e-3 / wd 1e-4, mAP 0.154; lr 3e-3 / wd 0.05, 0.165 (0.183 with 2 heads
+# in the backbone, 0.141 with 2 heads at 1e-3: within seed noise, so the paper's 8 heads stay).
 optim_wrapper = dict(optimizer=dict(lr=0.003, weight_decay=0.05))
