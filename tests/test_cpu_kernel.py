@@ -21,7 +21,7 @@ def kernel():
 
 
 def make_inputs(b, h, w, heads, d, kernel_size, has_k=True, has_rel=True, dtype=torch.float64,
-                seed=0):
+                seed=0, has_bias=False):
     gen = torch.Generator().manual_seed(seed)
 
     def rand(*shape):
@@ -32,12 +32,14 @@ def make_inputs(b, h, w, heads, d, kernel_size, has_k=True, has_rel=True, dtype=
     v = rand(b, h, w, heads, d)
     row = rand(b, h, w, heads, kernel_size) if has_rel else None
     col = rand(b, h, w, heads, kernel_size) if has_rel else None
-    return q, k, v, row, col
+    if not has_bias:
+        return q, k, v, row, col
+    return q, k, v, row, col, rand(heads, kernel_size, kernel_size)
 
 
 def values_and_grads(fn, inputs, kernel_size, padding_mode, seed=1):
-    q, k, v, row, col = inputs
-    out = fn(q, k, v, kernel_size, row, col, padding_mode)
+    q, k, v, row, col, *bias = inputs
+    out = fn(q, k, v, kernel_size, row, col, padding_mode, *bias)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
                            dtype=torch.float64).to(out.dtype)
     leaves = [t for t in inputs if t is not None]
@@ -125,9 +127,56 @@ def test_dispatcher_uses_kernel_for_cpu_float(kernel, monkeypatch):
     out = local_attention_2d(q, k, v, 3, row, col, implementation='auto')
     torch.testing.assert_close(out, local_attention_2d_reference(q, k, v, 3, row, col))
     assert calls == [torch.float32]
-    assert not kernel.supports(q.half())
+    assert not kernel.supports(q.half(), k.half(), v.half(), 3)
     local_attention_2d(q.half(), k.half(), v.half(), 3, row.half(), col.half())
     assert calls == [torch.float32]
+
+
+@pytest.mark.parametrize('shape', [(1, 5, 7, 2, 4, 3), (2, 3, 4, 3, 2, 7), (1, 6, 19, 2, 4, 5)],
+                         ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('has_k,has_rel', [(True, True), (False, True), (True, False)],
+                         ids=['content+rel', 'rel-only', 'content-only'])
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+def test_kernel_position_bias_matches_reference_float64(kernel, shape, has_k, has_rel,
+                                                        padding_mode):
+    """With a (heads, k, k) position bias, values and all gradients (the bias's: a sum of the
+    logit gradients over pixels) equal the reference to float64 round-off."""
+    *dims, kernel_size = shape
+    inputs = make_inputs(*dims, kernel_size, has_k, has_rel, has_bias=True)
+    expected = values_and_grads(local_attention_2d_reference, inputs, kernel_size, padding_mode)
+    actual = values_and_grads(kernel.local_attention_2d_cpu, inputs, kernel_size, padding_mode)
+    for a, e in zip(actual, expected):
+        assert (a is None) == (e is None)
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_position_bias_gradcheck(kernel):
+    """The bias gradient matches finite differences (float64 gradcheck)."""
+    q, k, v, row, col, bias = make_inputs(2, 3, 4, 2, 2, 3, has_bias=True)
+
+    def fn(q, k, v, row, col, bias):
+        return kernel.local_attention_2d_cpu(q, k, v, 3, row, col, 'mask', bias)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v, row, col, bias), eps=1e-6, atol=1e-6,
+                                    fast_mode=True)
+
+
+def test_strided_queries_take_the_sliced_path(kernel, monkeypatch):
+    """supports() is False for query_stride > 1, so 'auto' runs the sliced path (and gives the
+    reference's result) and 'cpu_kernel' refuses the call."""
+    calls = []
+    original = kernel.local_attention_2d_cpu
+    monkeypatch.setattr(kernel, 'local_attention_2d_cpu',
+                        lambda *args: calls.append(args) or original(*args))
+    _, k, v, _, _ = make_inputs(1, 5, 6, 2, 4, 3)
+    q = torch.randn(1, 3, 3, 2, 4, dtype=torch.float64)
+    assert not kernel.supports(q, k, v, 3, query_stride=2)
+    out = local_attention_2d(q, k, v, 3, query_stride=2)
+    torch.testing.assert_close(out, local_attention_2d_reference(q, k, v, 3, query_stride=2))
+    assert calls == []
+    with pytest.raises(RuntimeError, match='does not support this call'):
+        local_attention_2d(q, k, v, 3, implementation='cpu_kernel', query_stride=2)
 
 
 def test_layer_with_kernel_matches_reference_layer(kernel):

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sasa_det.ops import (local_attention_2d, local_attention_2d_reference,
-                          local_attention_2d_sliced, window_validity)
+                          local_attention_2d_sliced, local_attention_weights_reference,
+                          window_validity)
 
 # (batch, height, width, heads, head_dim, kernel_size): borders, odd sizes, k > H and W, batch 1.
 SHAPES = [
@@ -126,8 +127,19 @@ def test_dispatcher_rejects_bad_arguments():
         local_attention_2d(q, key, v, 3, padding_mode='reflect')
     with pytest.raises(ValueError, match="implementation must be one of .*'cuda'"):
         local_attention_2d(q, key, v, 3, implementation='cuda')
-    with pytest.raises(ValueError, match='matching leading dims'):
+    with pytest.raises(ValueError, match=r'k must be .*\(1, 3, 3, 1, 2\).*got \(1, 2, 3, 1, 2\)'):
         local_attention_2d(q, key[:, :2], v, 3)
+    with pytest.raises(ValueError, match='query_stride must be a positive integer, got 0'):
+        local_attention_2d(q, key, v, 3, query_stride=0)
+    with pytest.raises(ValueError, match=r'q must be .*\(1, 2, 2, 1, 2\).*query_stride s = 2, '
+                                         r'got \(1, 3, 3, 1, 2\)'):
+        local_attention_2d(q, key, v, 3, query_stride=2)
+    with pytest.raises(ValueError, match=r'position_bias must be .*\(1, 3, 3\), got \(1, 9\)'):
+        local_attention_2d(q, key, v, 3, position_bias=torch.zeros(1, 9))
+    with pytest.raises(ValueError, match=r'row_logits must be .*got \(1, 3, 3, 1, 5\)'):
+        local_attention_2d(q, key, v, 3, torch.zeros(1, 3, 3, 1, 5))
+    with pytest.raises(ValueError, match='input_size .* is needed when k is None'):
+        local_attention_weights_reference(q[:, :2, :2], None, 3, query_stride=2)
 
 
 @pytest.mark.parametrize('implementation', ['auto', 'sliced', 'reference'])
@@ -136,3 +148,153 @@ def test_every_implementation_of_the_dispatcher_agrees(implementation):
     expected = local_attention_2d_reference(*args[:3], 5, *args[3:])
     actual = local_attention_2d(*args[:3], 5, *args[3:], implementation=implementation)
     torch.testing.assert_close(actual, expected)
+
+
+# --- position bias and strided queries -------------------------------------------------------
+
+def _strided_inputs(b, h, w, heads, d, k, stride, with_keys=True, with_rel=True, with_bias=True,
+                    dtype=torch.float64, seed=0):
+    """(q, k, v, row, col, bias): keys and values on the (h, w) grid, queries and relative
+    logits on the (ceil(h / s), ceil(w / s)) grid, a (heads, k, k) position bias."""
+    g = torch.Generator().manual_seed(seed)
+    ho, wo = -(-h // stride), -(-w // stride)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype).requires_grad_()
+
+    q, v = rand(b, ho, wo, heads, d), rand(b, h, w, heads, d)
+    key = rand(b, h, w, heads, d) if with_keys else None
+    if key is None:
+        q = q.detach()
+    row = rand(b, ho, wo, heads, k) if with_rel else None
+    col = rand(b, ho, wo, heads, k) if with_rel else None
+    bias = rand(heads, k, k) if with_bias else None
+    return q, key, v, row, col, bias
+
+
+def _loop_attention(q, key, v, k, row, col, bias, stride, padding_mode):
+    """The formula written as loops over queries and window offsets, for one batch element:
+    query (i, j) at (s*i, s*j) attends to (s*i + u - k//2, s*j + w - k//2)."""
+    _, ho, wo, heads, _ = q.shape
+    h, w = v.shape[1:3]
+    r = k // 2
+    out = torch.zeros(1, ho, wo, heads, v.shape[-1], dtype=v.dtype)
+    for i, j, n in itertools.product(range(ho), range(wo), range(heads)):
+        logits, values = [], []
+        for u, x in itertools.product(range(k), range(k)):
+            a, c = stride * i + u - r, stride * j + x - r
+            inside = 0 <= a < h and 0 <= c < w
+            if not inside and padding_mode == 'mask':
+                continue
+            logit = torch.zeros((), dtype=q.dtype)
+            if key is not None and inside:
+                logit = logit + q[0, i, j, n] @ key[0, a, c, n]
+            if row is not None:
+                logit = logit + row[0, i, j, n, u] + col[0, i, j, n, x]
+            if bias is not None:
+                logit = logit + bias[n, u, x]
+            logits.append(logit)
+            values.append(v[0, a, c, n] if inside else torch.zeros_like(v[0, 0, 0, n]))
+        weights = torch.softmax(torch.stack(logits), 0)
+        out[0, i, j, n] = (weights[:, None] * torch.stack(values)).sum(0)
+    return out
+
+
+# (h, w, heads, d, k, stride): even and odd sizes, k > H and W, a stride larger than the map.
+STRIDED = [(5, 7, 2, 2, 3, 2), (6, 4, 1, 2, 5, 2), (3, 2, 2, 2, 7, 2), (7, 5, 1, 2, 3, 3),
+           (1, 3, 1, 2, 3, 4), (4, 5, 2, 2, 3, 1)]
+
+
+@pytest.mark.parametrize('shape', STRIDED, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+@pytest.mark.parametrize('with_keys', [True, False], ids=['content', 'no-keys'])
+def test_bias_and_stride_reference_and_sliced_equal_the_loop(shape, padding_mode, with_keys):
+    """Reference and sliced outputs with a position bias and strided queries equal the per-query
+    loop of the formula."""
+    h, w, heads, d, k, stride = shape
+    args = [t.detach() if t is not None else None
+            for t in _strided_inputs(1, h, w, heads, d, k, stride, with_keys)]
+    q, key, v, row, col, bias = args
+    expected = _loop_attention(q, key, v, k, row, col, bias, stride, padding_mode)
+    for fn in (local_attention_2d_reference, local_attention_2d_sliced):
+        actual = fn(q, key, v, k, row, col, padding_mode, bias, stride)
+        assert actual.shape == expected.shape
+        torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize('shape', STRIDED, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+@pytest.mark.parametrize('with_keys,with_rel', [(True, True), (True, False), (False, True)])
+def test_bias_and_stride_sliced_equals_reference_gradients(shape, padding_mode, with_keys,
+                                                           with_rel):
+    """Sliced gives the reference's gradients for q, k, v, the relative logits and the bias."""
+    h, w, heads, d, k, stride = shape
+    args = _strided_inputs(2, h, w, heads, d, k, stride, with_keys, with_rel)
+    expected = local_attention_2d_reference(*args[:3], k, *args[3:5], padding_mode, args[5],
+                                            stride)
+    actual = local_attention_2d_sliced(*args[:3], k, *args[3:5], padding_mode, args[5], stride)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(expected)
+    differentiable = [t for t in args if t is not None and t.requires_grad]
+    for ours, ref in zip(torch.autograd.grad(actual, differentiable, grad),
+                         torch.autograd.grad(expected, differentiable, grad)):
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('fn', [local_attention_2d_sliced, local_attention_2d_reference])
+@pytest.mark.parametrize('shape,padding_mode,with_keys', [
+    ((1, 5, 4, 2, 2, 3, 2), 'mask', True),
+    ((1, 3, 3, 1, 2, 5, 2), 'zeros', True),   # k > H and W
+    ((1, 4, 3, 2, 2, 3, 1), 'mask', False),
+])
+def test_bias_and_stride_pass_float64_gradcheck(fn, shape, padding_mode, with_keys):
+    """The analytic gradients, the bias's included, match finite differences."""
+    *dims, stride = shape
+    q, key, v, row, col, bias = _strided_inputs(*dims, stride, with_keys)
+    present = [t is not None and t.requires_grad for t in (q, key, v, row, col, bias)]
+
+    def call(*ts):
+        it = iter(ts)
+        a = [next(it) if p else t for p, t in zip(present, (q, key, v, row, col, bias))]
+        return fn(a[0], a[1], a[2], dims[-1], a[3], a[4], padding_mode, a[5], stride)
+
+    tensors = [t for t, p in zip((q, key, v, row, col, bias), present) if p]
+    assert torch.autograd.gradcheck(call, tensors, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+def test_weights_are_a_distribution_over_the_window(padding_mode):
+    """Weights sum to 1 per query; 'mask' puts no weight outside the image, 'zeros' some; the
+    valid mask counts the in-image neighbours of the strided queries."""
+    q, key, _, row, col, bias = (t.detach() for t in _strided_inputs(2, 5, 6, 2, 2, 5, 2))
+    weights, valid = local_attention_weights_reference(q, key, 5, row, col, padding_mode, bias, 2)
+    assert weights.shape == (2, 3, 3, 2, 25) and valid.shape == (3, 3, 1, 25)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 3, 2, dtype=weights.dtype))
+    outside = (weights * ~valid).sum(-1)
+    if padding_mode == 'mask':
+        assert (outside == 0).all()
+    else:
+        assert (outside[:, 0, 0] > 0).all()
+    # Query (0, 0) sits at pixel (0, 0): 3 x 3 of its 5 x 5 window are inside; query (1, 1) at
+    # pixel (2, 2) sees rows 0-4 and columns 0-4.
+    assert valid[0, 0].sum() == 9 and valid[1, 1].sum() == 25
+
+
+def test_position_bias_shifts_weights_towards_its_offset():
+    """Without keys and relative logits, the weights are softmax(bias) wherever the whole window
+    is inside the image: the bias is content-free and the same for every query."""
+    bias = torch.randn(2, 3, 3, dtype=torch.float64)
+    q = torch.zeros(1, 5, 5, 2, 2, dtype=torch.float64)
+    weights, _ = local_attention_weights_reference(q, None, 3, position_bias=bias)
+    torch.testing.assert_close(weights[0, 2, 2], torch.softmax(bias.reshape(2, 9), -1))
+    torch.testing.assert_close(weights[0, 1, 3], torch.softmax(bias.reshape(2, 9), -1))
+
+
+def test_auto_routes_strided_queries_and_bias_correctly():
+    """'auto' (kernel or sliced, whichever takes the call) agrees with the reference for a
+    position bias and for strided queries."""
+    for stride in (1, 2):
+        args = _strided_inputs(1, 6, 5, 2, 4, 3, stride)
+        expected = local_attention_2d_reference(*args[:3], 3, *args[3:5], 'mask', args[5], stride)
+        actual = local_attention_2d(*args[:3], 3, *args[3:5], 'mask', 'auto', args[5], stride)
+        torch.testing.assert_close(actual, expected)

@@ -7,8 +7,9 @@ first use in a fresh environment pays the ~1 minute build. Where no compiler is 
 build fails, :func:`is_available` is False, one warning is issued, and the dispatcher falls back to
 the pure-PyTorch sliced path. Set ``SASA_DET_DISABLE_CPU_KERNEL=1`` to skip the kernel entirely.
 
-Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; float32 and float64 only
-(other dtypes take the sliced path). Forward saves q, k, v and the attention weights.
+Same contract as :func:`sasa_det.ops.local_attention_2d_reference` for float32 and float64
+inputs with ``query_stride=1``; :func:`supports` says which calls it takes, and the dispatcher
+sends the others to the sliced path. Forward saves q, k, v and the attention weights.
 """
 import os
 import platform
@@ -18,6 +19,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+
+from .reference import check_arguments
 
 _SOURCE = Path(__file__).with_name('csrc') / 'local_attention.cpp'
 _SUPPORTED_DTYPES = (torch.float32, torch.float64)
@@ -63,45 +66,60 @@ def is_available() -> bool:
     return _load() is not None
 
 
-def supports(q: Tensor) -> bool:
-    """The kernel handles float32/float64 CPU tensors."""
-    return q.device.type == 'cpu' and q.dtype in _SUPPORTED_DTYPES
+def supports(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
+             row_logits: Optional[Tensor] = None, col_logits: Optional[Tensor] = None,
+             padding_mode: str = 'mask', position_bias: Optional[Tensor] = None,
+             query_stride: int = 1) -> bool:
+    """True for the calls of the op (same arguments) the kernel computes: float32/float64 CPU
+    tensors with query_stride 1 (strided queries take the sliced path)."""
+    return q.device.type == 'cpu' and q.dtype in _SUPPORTED_DTYPES and query_stride == 1
 
 
 class _CpuLocalAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, k: Optional[Tensor], v: Tensor, row_logits: Optional[Tensor],
-                col_logits: Optional[Tensor], kernel_size: int, mask: bool) -> Tensor:
-        out, attn = _extension.forward(q, k, v, row_logits, col_logits, kernel_size, mask)
+                col_logits: Optional[Tensor], position_bias: Optional[Tensor], kernel_size: int,
+                mask: bool) -> Tensor:
+        out, attn = _extension.forward(q, k, v, row_logits, col_logits, position_bias,
+                                       kernel_size, mask)
         ctx.save_for_backward(q, k, v, attn)
         ctx.kernel_size = kernel_size
-        ctx.has_rel = (row_logits is not None, col_logits is not None)
+        ctx.has_logits = tuple(t is not None for t in (row_logits, col_logits, position_bias))
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, v, attn = ctx.saved_tensors
-        d_q, d_k, d_v, d_row, d_col = _extension.backward(grad_out, q, k, v, attn,
-                                                          ctx.kernel_size, *ctx.has_rel)
-        return d_q, d_k, d_v, d_row, d_col, None, None
+        d_q, d_k, d_v, d_row, d_col, d_bias = _extension.backward(
+            grad_out, q, k, v, attn, ctx.kernel_size, *ctx.has_logits)
+        return d_q, d_k, d_v, d_row, d_col, d_bias, None, None
 
 
 def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
                            row_logits: Optional[Tensor] = None,
                            col_logits: Optional[Tensor] = None,
-                           padding_mode: str = 'mask') -> Tensor:
-    """Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; CPU, float32/64.
+                           padding_mode: str = 'mask',
+                           position_bias: Optional[Tensor] = None,
+                           query_stride: int = 1) -> Tensor:
+    """Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; CPU, float32/64,
+    query_stride 1.
 
     All inputs are brought to q's dtype (the kernel computes in it); q, k, v may have any
     strides, e.g. slices of one fused Q/K/V projection, and are not copied.
     """
     if _load() is None:
         raise RuntimeError('the C++ CPU kernel of sasa_det is not available here')
+    check_arguments(q, k, v, kernel_size, row_logits, col_logits, padding_mode, position_bias,
+                    query_stride)
+    if query_stride != 1:
+        raise ValueError(f'the C++ CPU kernel supports query_stride=1 only, got {query_stride!r}')
     dtype = q.dtype
     k = None if k is None else k.to(dtype)
     row_logits = None if row_logits is None else row_logits.to(dtype)
     col_logits = None if col_logits is None else col_logits.to(dtype)
-    return _CpuLocalAttention.apply(q, k, v.to(dtype), row_logits, col_logits, kernel_size,
-                                    padding_mode == 'mask')
+    if position_bias is not None:
+        position_bias = position_bias.to(dtype).contiguous()
+    return _CpuLocalAttention.apply(q, k, v.to(dtype), row_logits, col_logits, position_bias,
+                                    kernel_size, padding_mode == 'mask')

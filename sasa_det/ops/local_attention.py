@@ -3,10 +3,11 @@ from typing import Optional
 
 from torch import Tensor
 
-from .reference import local_attention_2d_reference
+from .reference import PADDING_MODES, check_arguments, local_attention_2d_reference
 from .sliced import local_attention_2d_sliced
 
-PADDING_MODES = ('mask', 'zeros')
+__all__ = ['IMPLEMENTATIONS', 'PADDING_MODES', 'local_attention_2d']
+
 IMPLEMENTATIONS = ('auto', 'cpu_kernel', 'sliced', 'reference')
 
 
@@ -21,35 +22,35 @@ def _cpu_kernel():
 
 def local_attention_2d(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
                        row_logits: Optional[Tensor] = None, col_logits: Optional[Tensor] = None,
-                       padding_mode: str = 'mask', implementation: str = 'auto') -> Tensor:
-    """Local 2D self-attention of every pixel over its k x k neighbourhood.
+                       padding_mode: str = 'mask', implementation: str = 'auto',
+                       position_bias: Optional[Tensor] = None, query_stride: int = 1) -> Tensor:
+    """Local 2D self-attention of every query over its k x k neighbourhood of keys.
 
-    See :func:`sasa_det.ops.local_attention_2d_reference` for the exact formula. Shapes:
-    q, k, v (B, H, W, heads, d) with k optional; row_logits, col_logits (B, H, W, heads, k).
+    See :func:`sasa_det.ops.local_attention_2d_reference` for the exact formula. Shapes, with
+    s = ``query_stride`` and (Ho, Wo) = (ceil(H / s), ceil(W / s)): q (B, Ho, Wo, heads, d);
+    k (B, H, W, heads, d) or None; v (B, H, W, heads, d); row_logits, col_logits
+    (B, Ho, Wo, heads, k); position_bias (heads, k, k). Output (B, Ho, Wo, heads, d).
 
     ``implementation``: 'auto' takes the fused C++ kernel for CPU tensors when it is available
-    and the memory-lean sliced PyTorch path otherwise (any device); the others force one.
+    and supports the call (:func:`sasa_det.ops.cpu_kernel.supports`), and the memory-lean sliced
+    PyTorch path otherwise (any device); the others force one.
     """
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size!r}')
-    if padding_mode not in PADDING_MODES:
-        raise ValueError(f'padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}')
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f'implementation must be one of {IMPLEMENTATIONS}, '
                          f'got {implementation!r}')
-    if q.dim() != 5 or v.shape[:4] != q.shape[:4] or (k is not None and k.shape != q.shape):
-        raise ValueError('q, k, v must be (B, H, W, heads, d) with matching leading dims; got '
-                         f'{tuple(q.shape)}, {None if k is None else tuple(k.shape)}, '
-                         f'{tuple(v.shape)}')
-    args = (q, k, v, kernel_size, row_logits, col_logits, padding_mode)
+    check_arguments(q, k, v, kernel_size, row_logits, col_logits, padding_mode, position_bias,
+                    query_stride)
+    args = (q, k, v, kernel_size, row_logits, col_logits, padding_mode, position_bias,
+            query_stride)
     if implementation == 'reference':
         return local_attention_2d_reference(*args)
     if implementation in ('auto', 'cpu_kernel') and q.device.type == 'cpu':
         kernel = _cpu_kernel()
-        if kernel is not None and kernel.supports(q):
+        if kernel is not None and kernel.supports(*args):
             return kernel.local_attention_2d_cpu(*args)
         if implementation == 'cpu_kernel':
-            raise RuntimeError('the C++ CPU kernel of sasa_det is not available here')
+            raise RuntimeError('the C++ CPU kernel of sasa_det is not available here or does not '
+                               'support this call (see sasa_det.ops.cpu_kernel.supports)')
     elif implementation == 'cpu_kernel':
         raise ValueError(f"implementation='cpu_kernel' needs CPU tensors, got {q.device}")
     return local_attention_2d_sliced(*args)

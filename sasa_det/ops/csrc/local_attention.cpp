@@ -1,7 +1,7 @@
 // Fused CPU kernel for local 2D self-attention (SASA), forward and backward.
 //
 // Contract: sasa_det/ops/reference.py. For pixel (i, j), head n and window offset o = (u, w):
-//     logit = q_ij . k_(i+u-r, j+w-r) [if k] + row_logits[u] + col_logits[w]
+//     logit = q_ij . k_(i+u-r, j+w-r) [if k] + row_logits[u] + col_logits[w] + bias[n, u, w]
 //     y_ij  = sum_o softmax_o(logit) v_(i+u-r, j+w-r)
 // 'mask' excludes out-of-image neighbours from the softmax; 'zeros' keeps them as zero keys/values.
 //
@@ -178,6 +178,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
                                      const at::Tensor& v,
                                      const std::optional<at::Tensor>& row_logits,
                                      const std::optional<at::Tensor>& col_logits,
+                                     const std::optional<at::Tensor>& position_bias,
                                      int64_t kernel_size, bool mask) {
   constexpr int64_t L = kLanes<T>;
   const Geometry g(q, kernel_size, L);
@@ -195,6 +196,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
   const T* Rp = row_logits ? R.data_ptr<T>() : nullptr;
   const T* Cp = col_logits ? C.data_ptr<T>() : nullptr;
   const T* zp = zeros.data_ptr<T>();
+  // (heads, k, k), contiguous: one constant per head and offset.
+  const T* Bp = position_bias ? position_bias->data_ptr<T>() : nullptr;
   T* outp = out.data_ptr<T>();
   T* attnp = attn.data_ptr<T>();
   const T neg_inf = -std::numeric_limits<T>::infinity();
@@ -214,12 +217,13 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
         for (int64_t w = 0; w < g.k; ++w) {
           T* lo = logit.data() + (u * g.k + w) * g.Wv;
           const T* k_row = Kp && row_in ? Kp + g.row(bn, ii) + w : nullptr;
+          const T bias = Bp ? Bp[n * g.KK + u * g.k + w] : T(0);
           for_blocks<T>(g.Wv, [&](int64_t c, auto nb) {
             constexpr int NB = decltype(nb)::value;
             Vec<T> s[NB];
             const T* ru = rel_row ? rel_row + u * g.Wv + c : zp;
             const T* cw = rel_col ? rel_col + w * g.Wv + c : zp;
-            for (int b = 0; b < NB; ++b) s[b] = load(ru + b * L) + load(cw + b * L);
+            for (int b = 0; b < NB; ++b) s[b] = load(ru + b * L) + load(cw + b * L) + bias;
             if (k_row) dot<T, NB>(s, q_row + c, g.S, k_row + c, g.S, g.D);
             for (int b = 0; b < NB; ++b) store(lo + c + b * L, s[b]);
           });
@@ -279,7 +283,7 @@ template <typename T>
 std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tensor& q,
                                       const std::optional<at::Tensor>& k, const at::Tensor& v,
                                       const at::Tensor& attn, int64_t kernel_size, bool has_row,
-                                      bool has_col) {
+                                      bool has_col, bool has_bias) {
   constexpr int64_t L = kLanes<T>;
   const Geometry g(q, kernel_size, L);
   const at::Tensor G = pack(grad_out, g), V = pack(v, g);
@@ -404,7 +408,10 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
   });
   if (has_row) d_row = d_row.narrow(4, 0, g.W).permute({0, 2, 4, 1, 3});
   if (has_col) d_col = d_col.narrow(4, 0, g.W).permute({0, 2, 4, 1, 3});
-  return {d_q, d_k, d_v, d_row, d_col};
+  // d_bias[n, u, w] = sum over pixels of dL; pads and columns past W hold dL = 0.
+  at::Tensor d_bias;
+  if (has_bias) d_bias = d_logit.sum({0, 2, 4}).view({g.heads, g.k, g.k});
+  return {d_q, d_k, d_v, d_row, d_col, d_bias};
 }
 
 void check_inputs(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& v,
@@ -422,10 +429,16 @@ std::vector<at::Tensor> local_attention_forward(const at::Tensor& q,
                                                 const at::Tensor& v,
                                                 const std::optional<at::Tensor>& row_logits,
                                                 const std::optional<at::Tensor>& col_logits,
+                                                const std::optional<at::Tensor>& position_bias,
                                                 int64_t kernel_size, bool mask) {
   check_inputs(q, k, v, kernel_size);
+  TORCH_CHECK(!position_bias || (position_bias->is_contiguous() &&
+                                 position_bias->scalar_type() == q.scalar_type() &&
+                                 position_bias->numel() == q.size(3) * kernel_size * kernel_size),
+              "position_bias must be a contiguous (heads, k, k) tensor of q's dtype");
   return AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sasa_local_attention_forward", [&] {
-    return forward_impl<scalar_t>(q, k, v, row_logits, col_logits, kernel_size, mask);
+    return forward_impl<scalar_t>(q, k, v, row_logits, col_logits, position_bias, kernel_size,
+                                  mask);
   });
 }
 
@@ -433,10 +446,11 @@ std::vector<at::Tensor> local_attention_backward(const at::Tensor& grad_out, con
                                                  const std::optional<at::Tensor>& k,
                                                  const at::Tensor& v, const at::Tensor& attn,
                                                  int64_t kernel_size, bool has_row,
-                                                 bool has_col) {
+                                                 bool has_col, bool has_bias) {
   check_inputs(q, k, v, kernel_size);
   return AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "sasa_local_attention_backward", [&] {
-    return backward_impl<scalar_t>(grad_out, q, k, v, attn, kernel_size, has_row, has_col);
+    return backward_impl<scalar_t>(grad_out, q, k, v, attn, kernel_size, has_row, has_col,
+                                   has_bias);
   });
 }
 
@@ -444,5 +458,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &local_attention_forward,
         "local attention forward -> (out (B,H,W,heads,d), attn (B,heads,H,k*k,S))");
   m.def("backward", &local_attention_backward,
-        "local attention backward -> (d_q, d_k, d_v, d_row_logits, d_col_logits)");
+        "local attention backward -> (d_q, d_k, d_v, d_row_logits, d_col_logits, d_position_bias)");
 }
