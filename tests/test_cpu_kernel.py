@@ -37,11 +37,13 @@ def make_inputs(b, h, w, heads, d, kernel_size, has_k=True, has_rel=True, dtype=
     return q, k, v, row, col, rand(heads, kernel_size, kernel_size)
 
 
-def values_and_grads(fn, inputs, kernel_size, padding_mode, seed=1):
+def values_and_grads(fn, inputs, kernel_size, padding_mode, seed=1, grad_dtype=None):
+    """[output, *input gradients] for a random output gradient, which is first rounded to
+    grad_dtype if given (so that two runs in different dtypes get the same one)."""
     q, k, v, row, col, *bias = inputs
     out = fn(q, k, v, kernel_size, row, col, padding_mode, *bias)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
-                           dtype=torch.float64).to(out.dtype)
+                           dtype=torch.float64).to(grad_dtype or out.dtype).to(out.dtype)
     leaves = [t for t in inputs if t is not None]
     # allow_unused: with k=None, q does not enter the op (its positional logits come precomputed).
     return [out, *torch.autograd.grad(out, leaves, grad_out, allow_unused=True)]
@@ -116,20 +118,67 @@ def test_kernel_accepts_strided_slices_of_fused_projection(kernel):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
-def test_dispatcher_uses_kernel_for_cpu_float(kernel, monkeypatch):
-    """implementation='auto' runs the kernel for float32/64 CPU tensors, the sliced path for
-    float16 (supports() is False), and both give the reference's result."""
+def test_dispatcher_uses_kernel_for_every_cpu_floating_type(kernel, monkeypatch):
+    """implementation='auto' runs the kernel for float64/32/16 and bfloat16 CPU tensors (the
+    16-bit types of CPU autocast included) and gives the reference's result."""
     calls = []
     original = kernel.local_attention_2d_cpu
     monkeypatch.setattr(kernel, 'local_attention_2d_cpu',
                         lambda *args: calls.append(args[0].dtype) or original(*args))
-    q, k, v, row, col = make_inputs(1, 5, 6, 2, 4, 3, dtype=torch.float32)
-    out = local_attention_2d(q, k, v, 3, row, col, implementation='auto')
-    torch.testing.assert_close(out, local_attention_2d_reference(q, k, v, 3, row, col))
-    assert calls == [torch.float32]
-    assert not kernel.supports(q.half(), k.half(), v.half(), 3)
-    local_attention_2d(q.half(), k.half(), v.half(), 3, row.half(), col.half())
-    assert calls == [torch.float32]
+    inputs = make_inputs(1, 5, 6, 2, 4, 3, dtype=torch.float32)
+    dtypes = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
+    for dtype in dtypes:
+        q, k, v, row, col = (t.detach().to(dtype) for t in inputs)
+        out = local_attention_2d(q, k, v, 3, row, col, implementation='auto')
+        expected = local_attention_2d_reference(*(t.double() for t in (q, k, v)), 3,
+                                                row.double(), col.double())
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), expected, rtol=1e-2, atol=1e-2)
+    assert calls == dtypes
+
+
+# One ulp of the 16-bit types, relative: a kernel computing in float32 rounds each result once.
+HALF_TOLERANCE = {torch.bfloat16: dict(rtol=2 ** -7, atol=1e-4),
+                  torch.float16: dict(rtol=2 ** -10, atol=1e-4)}
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+@pytest.mark.parametrize('shape,has_k,has_bias,padding_mode',
+                         [((2, 6, 19, 2, 8, 5), True, True, 'mask'),
+                          ((1, 5, 7, 2, 4, 3), True, False, 'zeros'),
+                          ((1, 3, 4, 2, 4, 7), False, True, 'mask'),
+                          ((1, 9, 10, 3, 16, 7), True, True, 'zeros')])
+def test_kernel_half_types_match_float64_reference(kernel, dtype, shape, has_k, has_bias,
+                                                   padding_mode):
+    """bfloat16/float16 inputs: values and all gradients, in the input's dtype, equal the float64
+    reference on the same (rounded) inputs to within one rounding of the result, which holds only
+    if the kernel accumulates in float32."""
+    *dims, kernel_size = shape
+    inputs = [t if t is None else t.detach().to(dtype).requires_grad_()
+              for t in make_inputs(*dims, kernel_size, has_k, True, has_bias=has_bias)]
+    inputs64 = [t if t is None else t.detach().double().requires_grad_() for t in inputs]
+    expected = values_and_grads(local_attention_2d_reference, inputs64, kernel_size, padding_mode,
+                                grad_dtype=dtype)
+    actual = values_and_grads(kernel.local_attention_2d_cpu, inputs, kernel_size, padding_mode)
+    for a, e in zip(actual, expected):
+        assert (a is None) == (e is None)
+        if e is not None:
+            assert a.dtype == dtype
+            torch.testing.assert_close(a.double(), e, **HALF_TOLERANCE[dtype])
+
+
+def test_kernel_float16_logits_beyond_float16_range(kernel):
+    """q.k of float16 inputs beyond 1e5 (float16's largest value is 65504) stays finite and
+    correct: products and sums are float32."""
+    q, k, v, row, col = (t.detach() for t in make_inputs(1, 6, 6, 2, 8, 5))
+    q, k = q * 150, k * 150
+    half = [t.half() for t in (q, k, v, row, col)]
+    assert (torch.einsum('bhwnd,bhwnd->bhwn', q, k).abs().max() > 65504)
+    out = kernel.local_attention_2d_cpu(half[0], half[1], half[2], 5, half[3], half[4])
+    expected = local_attention_2d_reference(*(t.double() for t in half[:3]), 5,
+                                            *(t.double() for t in half[3:]))
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), expected, **HALF_TOLERANCE[torch.float16])
 
 
 @pytest.mark.parametrize('shape', [(1, 5, 7, 2, 4, 3), (2, 3, 4, 3, 2, 7), (1, 6, 19, 2, 4, 5)],

@@ -7,9 +7,11 @@ first use in a fresh environment pays the ~1 minute build. Where no compiler is 
 build fails, :func:`is_available` is False, one warning is issued, and the dispatcher falls back to
 the pure-PyTorch sliced path. Set ``SASA_DET_DISABLE_CPU_KERNEL=1`` to skip the kernel entirely.
 
-Same contract as :func:`sasa_det.ops.local_attention_2d_reference` for float32 and float64
-inputs with ``query_stride=1``; :func:`supports` says which calls it takes, and the dispatcher
-sends the others to the sliced path. Forward saves q, k, v and the attention weights.
+Same contract as :func:`sasa_det.ops.local_attention_2d_reference` for ``query_stride=1``;
+:func:`supports` says which calls it takes, and the dispatcher sends the others to the sliced
+path. Inputs may be float64, float32, float16 or bfloat16: the kernel computes in float64 for
+float64 and in float32 otherwise (16-bit inputs are converted as they are read, results rounded
+as they are written). Forward saves q, k, v and the attention weights (in the compute type).
 """
 import os
 import platform
@@ -23,7 +25,7 @@ from torch import Tensor
 from .reference import check_arguments
 
 _SOURCE = Path(__file__).with_name('csrc') / 'local_attention.cpp'
-_SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _extension = None
 _build_failed = False
 
@@ -52,7 +54,8 @@ def _load():
     try:
         from torch.utils.cpp_extension import load
         _extension = load(name=f'sasa_det_local_attention_{suffix}', sources=[str(_SOURCE)],
-                          extra_cflags=['-O3', '-std=c++20', '-ffp-contract=fast', '-fopenmp', *arch],
+                          extra_cflags=['-O3', '-std=c++20', '-ffp-contract=fast', '-fopenmp',
+                                        *arch],
                           extra_ldflags=['-fopenmp'], verbose=False)
     except Exception as err:  # no compiler, failed build, unloadable library: all mean fallback
         _build_failed = True
@@ -70,8 +73,8 @@ def supports(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
              row_logits: Optional[Tensor] = None, col_logits: Optional[Tensor] = None,
              padding_mode: str = 'mask', position_bias: Optional[Tensor] = None,
              query_stride: int = 1) -> bool:
-    """True for the calls of the op (same arguments) the kernel computes: float32/float64 CPU
-    tensors with query_stride 1 (strided queries take the sliced path)."""
+    """True for the calls of the op (same arguments) the kernel computes: CPU tensors of a
+    floating type above, query_stride 1 (strided queries take the sliced path)."""
     return q.device.type == 'cpu' and q.dtype in _SUPPORTED_DTYPES and query_stride == 1
 
 
@@ -85,15 +88,19 @@ class _CpuLocalAttention(torch.autograd.Function):
                                        kernel_size, mask)
         ctx.save_for_backward(q, k, v, attn)
         ctx.kernel_size = kernel_size
-        ctx.has_logits = tuple(t is not None for t in (row_logits, col_logits, position_bias))
+        # The kernel returns these gradients in its compute type; autograd wants the inputs'.
+        ctx.dtypes = tuple(None if t is None else t.dtype
+                           for t in (row_logits, col_logits, position_bias))
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, v, attn = ctx.saved_tensors
-        d_q, d_k, d_v, d_row, d_col, d_bias = _extension.backward(
-            grad_out, q, k, v, attn, ctx.kernel_size, *ctx.has_logits)
+        d_q, d_k, d_v, *d_logits = _extension.backward(
+            grad_out, q, k, v, attn, ctx.kernel_size, *(t is not None for t in ctx.dtypes))
+        d_row, d_col, d_bias = (None if t is None else d.to(t)
+                                for d, t in zip(d_logits, ctx.dtypes))
         return d_q, d_k, d_v, d_row, d_col, d_bias, None, None
 
 
@@ -103,11 +110,11 @@ def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_siz
                            padding_mode: str = 'mask',
                            position_bias: Optional[Tensor] = None,
                            query_stride: int = 1) -> Tensor:
-    """Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; CPU, float32/64,
-    query_stride 1.
+    """Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; CPU, query_stride 1.
 
-    All inputs are brought to q's dtype (the kernel computes in it); q, k, v may have any
-    strides, e.g. slices of one fused Q/K/V projection, and are not copied.
+    k and v are brought to q's dtype, the output has it; the relative logits and the position
+    bias are read in any floating type. q, k, v may have any strides, e.g. slices of one fused
+    Q/K/V projection, and are not copied.
     """
     if _load() is None:
         raise RuntimeError('the C++ CPU kernel of sasa_det is not available here')
@@ -115,11 +122,8 @@ def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_siz
                     query_stride)
     if query_stride != 1:
         raise ValueError(f'the C++ CPU kernel supports query_stride=1 only, got {query_stride!r}')
-    dtype = q.dtype
-    k = None if k is None else k.to(dtype)
-    row_logits = None if row_logits is None else row_logits.to(dtype)
-    col_logits = None if col_logits is None else col_logits.to(dtype)
-    if position_bias is not None:
-        position_bias = position_bias.to(dtype).contiguous()
-    return _CpuLocalAttention.apply(q, k, v.to(dtype), row_logits, col_logits, position_bias,
+    if q.dtype not in _SUPPORTED_DTYPES:
+        raise ValueError(f'the C++ CPU kernel supports dtypes {_SUPPORTED_DTYPES}, got {q.dtype}')
+    k = None if k is None else k.to(q.dtype)
+    return _CpuLocalAttention.apply(q, k, v.to(q.dtype), row_logits, col_logits, position_bias,
                                     kernel_size, padding_mode == 'mask')
