@@ -1,8 +1,9 @@
 """mmengine checkpoints under torch >= 2.6 (``torch.load`` defaults to ``weights_only=True``).
 
-With ``import sasa_det`` an mmengine Runner resumes from its own checkpoints (iteration counter,
-weights, optimizer and message hub continue), while a checkpoint that carries code is refused on
-every mmengine load path.
+With ``import sasa_det`` (its allowlist of mmengine's globals) an mmengine Runner resumes from its
+own checkpoints (iteration counter, weights, optimizer and message hub continue), while a
+checkpoint that carries code is refused on every mmengine load path, URL checkpoints included
+once downloaded as ``tools/train.py`` and ``tools/test.py`` download them.
 """
 import copy
 import io
@@ -16,44 +17,17 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
-from mmengine.model import BaseModel
-from mmengine.runner import Runner
 from mmengine.runner import checkpoint as mmengine_checkpoint
-from torch import nn
-from torch.utils.data import Dataset
 
-import sasa_det  # noqa: F401  (installs the allowlist)
-from sasa_det.runtime import mmengine_checkpoint_globals
+from conftest import ToyRegressor, make_toy_runner
+from sasa_det.engine import checkpoint as sasa_checkpoint
+from sasa_det.engine.checkpoint import (download_checkpoint, download_url_checkpoints,
+                                        mmengine_checkpoint_globals)
 
 CHECKPOINT_INTERVAL = 3
-
-
-class ToyRegressor(BaseModel):
-    """y = w.x + b on 2-d inputs, squared loss."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(2, 1)
-
-    def forward(self, inputs, labels, mode='tensor'):
-        out = self.linear(inputs)  # (B, 1)
-        if mode == 'loss':
-            return dict(loss=((out - labels) ** 2).mean())
-        return out
-
-
-class ToyDataset(Dataset):
-    """16 fixed samples: inputs (2,), labels (1,) = sum of inputs."""
-    metainfo = dict(classes=('toy', ))
-
-    def __len__(self):
-        return 16
-
-    def __getitem__(self, index):
-        x = torch.randn(2, generator=torch.Generator().manual_seed(index))
-        return dict(inputs=x, labels=x.sum(0, keepdim=True))
 
 
 class RecordStateBeforeTrain(Hook):
@@ -68,29 +42,17 @@ class RecordStateBeforeTrain(Hook):
 
 
 def make_runner(work_dir, name, max_iters, resume=False, hooks=()):
-    return Runner(
-        model=ToyRegressor(),
-        work_dir=str(work_dir),
-        experiment_name=name,  # unique: mmengine keeps one MessageHub per experiment name
-        train_dataloader=dict(
-            dataset=ToyDataset(),
-            sampler=dict(type='DefaultSampler', shuffle=True),
-            batch_size=4,
-            num_workers=0,
-            collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+    """The toy run with momentum and two schedulers, whose state a resume must restore
+    (MultiStepLR's milestones are a Counter)."""
+    return make_toy_runner(
+        work_dir, max_iters, resume=resume, hooks=hooks, experiment_name=name,
+        checkpoint=dict(type='AtomicCheckpointHook', interval=CHECKPOINT_INTERVAL,
+                        by_epoch=False),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
-        # Both schedulers hold state a resume must restore (MultiStepLR: a Counter).
         param_scheduler=[
             dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=2),
             dict(type='MultiStepLR', milestones=[4], by_epoch=False),
         ],
-        default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=CHECKPOINT_INTERVAL, by_epoch=False),
-            logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=list(hooks),
-        randomness=dict(seed=0),
-        resume=resume,
         log_level='WARNING')
 
 
@@ -196,10 +158,10 @@ LOADERS = {
     '_load_checkpoint': lambda path: mmengine_checkpoint._load_checkpoint(str(path), 'cpu'),
     'load_checkpoint': lambda path: mmengine_checkpoint.load_checkpoint(
         ToyRegressor(), str(path), map_location='cpu'),
-    # What http(s)://, torchvision:// and open-mmlab:// checkpoints go through; a file:// URL
-    # reaches the same torch.hub code without a network.
-    'load_url': lambda path: mmengine_checkpoint.load_url(
-        path.as_uri(), model_dir=str(path.parent / 'hub'), map_location='cpu'),
+    # A URL checkpoint as the tools load it: downloaded (a file:// URL reaches the same
+    # download code without a network), then read as a local file.
+    'downloaded_url': lambda path: mmengine_checkpoint._load_checkpoint(
+        download_checkpoint(path.as_uri(), model_dir=str(path.parent / 'hub')), 'cpu'),
 }
 
 
@@ -233,3 +195,28 @@ def test_resume_of_a_checkpoint_carrying_code_is_refused(tmp_path):
     with pytest.raises(pickle.UnpicklingError):
         runner.train()
     assert not marker.exists()
+
+
+def test_url_checkpoints_of_a_config_are_downloaded(tmp_path, monkeypatch):
+    """load_from and Pretrained init_cfg URLs (http(s):// and torchvision://) become the local
+    files they download to; local paths and other init_cfg types stay as they are."""
+    fetched = []
+
+    def fake_download(url, model_dir=None):
+        fetched.append(url)
+        return str(tmp_path / os.path.basename(url))
+
+    monkeypatch.setattr(sasa_checkpoint, 'download_checkpoint', fake_download)
+    cfg = Config(dict(
+        load_from='https://example.org/detector.pth',
+        model=dict(backbone=dict(init_cfg=dict(type='Pretrained',
+                                               checkpoint='torchvision://resnet50')),
+                   neck=dict(init_cfg=dict(type='Pretrained', checkpoint='local/neck.pth')),
+                   bbox_head=dict(init_cfg=[dict(type='Normal', std=0.01)]))))
+    download_url_checkpoints(cfg)
+    resnet50_url = mmengine_checkpoint.get_torchvision_models()['resnet50']
+    assert fetched == ['https://example.org/detector.pth', resnet50_url]
+    assert cfg.load_from == str(tmp_path / 'detector.pth')
+    assert cfg.model.backbone.init_cfg.checkpoint == str(tmp_path / os.path.basename(
+        resnet50_url))
+    assert cfg.model.neck.init_cfg.checkpoint == 'local/neck.pth'

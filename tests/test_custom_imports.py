@@ -67,3 +67,56 @@ def test_custom_imports_builds_sasa_modules_through_mmdet(tmp_path):
     # Strides 4, 8, 16, 32 on a 64 x 64 image; FPN maps every level to out_channels.
     assert result['shapes'] == [[2, 16, 16, 16], [2, 16, 8, 8], [2, 16, 4, 4], [2, 16, 2, 2]]
     assert result['finite']
+
+
+# Imports every OpenMMLab module sasa_det's import touches, records the identity of every
+# attribute of those modules and of the classes they define, imports sasa_det (or runs the
+# statement in argv[1]), and prints the attributes whose object changed.
+SNAPSHOT = """
+import importlib, inspect, json, sys
+
+import mmcv.cnn, mmdet.datasets, mmdet.models, mmdet.registry, mmengine.fileio, mmengine.hooks
+import mmengine.optim, mmengine.runner, mmengine.runner.checkpoint, timm, torch
+
+
+def snapshot():
+    seen = {}
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith(('mmengine', 'mmcv', 'mmdet', 'timm')):
+            continue
+        for attr, value in list(vars(module).items()):
+            seen[f'{name}.{attr}'] = id(value)
+            if inspect.isclass(value) and value.__module__ == name:
+                for member, obj in list(vars(value).items()):
+                    seen[f'{name}.{attr}.{member}'] = id(obj)
+    return seen
+
+
+before = snapshot()
+exec(sys.argv[1])
+after = snapshot()
+print(json.dumps(sorted(k for k in before if k in after and after[k] != before[k])))
+"""
+
+
+def changed_by(statement, tmp_path):
+    """The mmengine/mmcv/mmdet/timm attributes whose object ``statement`` replaced."""
+    script = tmp_path / 'snapshot.py'
+    script.write_text(SNAPSHOT)
+    run = subprocess.run([sys.executable, str(script), statement], capture_output=True,
+                         text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_import_sasa_det_replaces_no_openmmlab_function(tmp_path):
+    """``import sasa_det`` registers its parts and leaves every function, method and class of
+    mmengine, mmcv, mmdet and timm as it was (same objects before and after the import)."""
+    assert changed_by('import sasa_det', tmp_path) == []
+
+
+def test_control_a_patch_is_detected(tmp_path):
+    """Control: replacing one mmengine method after the snapshot is reported by name."""
+    patch = ('from mmengine.fileio.backends import local_backend\n'
+             'local_backend.LocalBackend.put = lambda self, obj, path: None')
+    assert changed_by(patch, tmp_path) == ['mmengine.fileio.backends.local_backend.LocalBackend.put']

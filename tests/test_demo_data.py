@@ -93,7 +93,6 @@ def test_objects_vary_and_some_images_are_empty():
 
 def test_mmdet_coco_dataset_loads_it(demo_dir):
     """Property: mmdet's own CocoDataset and pipeline read the set (classes, boxes, images)."""
-    pytest.importorskip('mmdet')
     from mmdet.datasets import CocoDataset
     from mmengine.registry import init_default_scope
     init_default_scope('mmdet')

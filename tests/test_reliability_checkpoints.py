@@ -1,61 +1,39 @@
-"""Interrupted training loses at most one checkpoint interval (issue 7, item 1).
+"""Interrupted training loses at most one checkpoint interval.
 
-A toy mmengine Runner (a linear model, CPU, checkpoint every 2 iterations) trains in a
-subprocess, is killed with SIGKILL, and is resumed in this process with ``resume=True`` (what
-``--resume`` sets), which reads ``work_dir/last_checkpoint``. Properties checked:
+The toy mmengine run of conftest (a linear model, CPU, checkpoint every 2 iterations, with the
+configs' ``AtomicCheckpointHook``) trains in a subprocess, is killed with SIGKILL, and is resumed
+in this process with ``resume=True`` (what ``--resume`` sets). Properties checked:
 
 - killed between checkpoints: the resumed run starts from the last checkpoint and finishes;
 - killed while a checkpoint is being written: no damaged file is left under a checkpoint name,
-  ``last_checkpoint`` names an intact one, and the resumed run starts from it;
+  ``last_checkpoint`` names an intact one, and the resumed run starts from it; with mmengine's
+  own ``CheckpointHook`` (the control) the same kill leaves a truncated checkpoint;
 - a truncated or corrupt checkpoint named by ``last_checkpoint`` is reported (the message names
   the file) and the previous intact checkpoint is used.
 """
 import builtins
+import io
 import os
 import os.path as osp
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 
 import pytest
+import torch
+from mmengine.hooks import Hook
 
-pytest.importorskip('mmengine')
-
-from sasa_det.reliability import atomic_write_bytes, checkpoint_problem  # noqa: E402
-
-import torch  # noqa: E402
-from mmengine.hooks import Hook  # noqa: E402
-from mmengine.model import BaseModel  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-from torch import nn  # noqa: E402
+from conftest import make_toy_runner
+from sasa_det.engine import atomic_write_bytes, checkpoint_problem
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest
-
-
-class Toy(BaseModel):
-    """y = w.x + b, mean squared error."""
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(8, 1)
-
-    def forward(self, inputs, targets, mode='tensor'):
-        out = self.linear(inputs)
-        return dict(loss_mse=((out - targets) ** 2).mean()) if mode == 'loss' else out
-
-
-class ToyData(torch.utils.data.Dataset):
-    def __len__(self):
-        return 64
-
-    def __getitem__(self, i):
-        x = torch.randn(8, generator=torch.Generator().manual_seed(i))
-        return dict(inputs=x, targets=x.sum(0, keepdim=True))
 
 
 class SlowHalfWriter:
@@ -111,42 +89,38 @@ class Progress(Hook):
         time.sleep(0.1)
 
 
-def train_toy(work_dir, max_iters, resume, slow_save_iter=None, max_keep_ckpts=-1):
+def train_toy(work_dir, max_iters, resume, slow_save_iter=None, max_keep_ckpts=-1,
+              hook_type='AtomicCheckpointHook'):
     """Train the toy model with a checkpoint every 2 iterations; return the run's log text."""
-    runner = Runner(
-        model=Toy(), work_dir=work_dir,
-        train_dataloader=dict(dataset=ToyData(),
-                              sampler=dict(type='InfiniteSampler', shuffle=True), batch_size=4,
-                              num_workers=0, collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False,
-                                           max_keep_ckpts=max_keep_ckpts),
-                           logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=[Progress(slow_save_iter)], resume=resume, randomness=dict(seed=0),
-        default_scope='mmengine', experiment_name=f'toy_{os.getpid()}_{time.time_ns()}')
+    runner = make_toy_runner(
+        work_dir, max_iters, resume=resume, hooks=[Progress(slow_save_iter)],
+        checkpoint=dict(type=hook_type, interval=2, by_epoch=False,
+                        max_keep_ckpts=max_keep_ckpts))
     runner.train()
     with open(runner.logger.log_file) as f:
         return f.read()
 
 
-# The subprocess that gets killed: argv = work_dir max_iters slow_save_iter(or -1) max_keep_ckpts
+# The subprocess that gets killed: argv = work_dir max_iters slow_save_iter(or -1)
+# max_keep_ckpts hook_type
 CHILD = textwrap.dedent('''
     import sys
     sys.path.insert(0, {tests!r})
     from test_reliability_checkpoints import train_toy
     slow = int(sys.argv[3])
     train_toy(sys.argv[1], int(sys.argv[2]), resume=False,
-              slow_save_iter=slow if slow > 0 else None, max_keep_ckpts=int(sys.argv[4]))
+              slow_save_iter=slow if slow > 0 else None, max_keep_ckpts=int(sys.argv[4]),
+              hook_type=sys.argv[5])
 ''').format(tests=osp.dirname(osp.abspath(__file__)))
 
 
-def _start(work_dir, max_iters, slow_save_iter=-1, max_keep_ckpts=-1):
+def _start(work_dir, max_iters, slow_save_iter=-1, max_keep_ckpts=-1,
+           hook_type='AtomicCheckpointHook'):
     """Start the toy training in a subprocess (to be killed)."""
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''),
                OMP_NUM_THREADS='1')
     return subprocess.Popen([sys.executable, '-c', CHILD, work_dir, str(max_iters),
-                             str(slow_save_iter), str(max_keep_ckpts)], env=env,
+                             str(slow_save_iter), str(max_keep_ckpts), hook_type], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -191,7 +165,7 @@ def test_sigkill_mid_training_resumes_from_last_checkpoint(tmp_path):
     assert _last_checkpoint(work_dir) == osp.join(work_dir, f'iter_{last_saved}.pth')
 
     log = train_toy(work_dir, max_iters=8, resume=True)
-    assert f'Auto resumed from the latest checkpoint {work_dir}/iter_{last_saved}.pth' in log
+    assert f'Resuming from the latest intact checkpoint {work_dir}/iter_{last_saved}.pth' in log
     assert _first_iter_after_resume(work_dir, done) == last_saved + 1  # lost < one interval
     assert _progress(work_dir)[-1] == 8
     assert checkpoint_problem(osp.join(work_dir, 'iter_8.pth')) is None
@@ -221,10 +195,21 @@ def test_sigkill_while_writing_checkpoint_leaves_no_damaged_file(tmp_path, max_k
         assert [n for n in os.listdir(work_dir) if n.endswith('.pth')] == ['iter_6.pth']
 
 
+def test_control_mmengine_checkpoint_hook_leaves_a_truncated_file(tmp_path):
+    """The same kill with mmengine's own CheckpointHook and max_keep_ckpts=1 (``import
+    sasa_det`` changes nothing there): iter_2.pth was deleted first, and the only checkpoint
+    left, the one last_checkpoint will name, is a truncated iter_4.pth."""
+    work_dir = str(tmp_path / 'work')
+    proc = _start(work_dir, max_iters=6, slow_save_iter=4, max_keep_ckpts=1,
+                  hook_type='CheckpointHook')
+    _wait_for(lambda: osp.exists(osp.join(work_dir, 'writing')), proc)
+    _kill(proc)
+    assert sorted(n for n in os.listdir(work_dir) if n.endswith('.pth')) == ['iter_4.pth']
+    assert 'truncated' in checkpoint_problem(osp.join(work_dir, 'iter_4.pth'))
+
+
 def _member_data_offset(path, suffix):
     """Where the bytes of the zip member whose name ends with ``suffix`` start."""
-    import struct
-    import zipfile
     with zipfile.ZipFile(path) as archive:
         info = next(i for i in archive.infolist() if i.filename.endswith(suffix))
     with open(path, 'rb') as f:
@@ -255,12 +240,20 @@ def test_damaged_last_checkpoint_falls_back_to_previous(tmp_path, damage):
     assert _progress(work_dir)[-1] == 6
 
 
+def test_empty_last_checkpoint_falls_back_to_the_newest(tmp_path):
+    """A run killed while mmengine rewrote last_checkpoint leaves it empty: resume from the
+    newest intact checkpoint (iter_4), not from scratch."""
+    work_dir = str(tmp_path / 'work')
+    train_toy(work_dir, max_iters=4, resume=False)
+    open(osp.join(work_dir, 'last_checkpoint'), 'w').close()
+    log = train_toy(work_dir, max_iters=6, resume=True)
+    assert f'{work_dir}/last_checkpoint is empty' in log
+    assert _first_iter_after_resume(work_dir, 4) == 5
+
+
 def test_checkpoint_problem_and_atomic_write(tmp_path):
     """checkpoint_problem accepts torch.save output and names what is wrong with damaged files;
     atomic_write_bytes leaves no temporary behind."""
-    import io
-
-    import torch
     buffer = io.BytesIO()
     torch.save({'state_dict': {'w': torch.arange(1000.)}}, buffer)
     good = str(tmp_path / 'good.pth')

@@ -1,18 +1,24 @@
-"""Data faults (issue 7, item 3) get errors or warnings that name the file and the annotation.
+"""Data faults get errors or warnings that name the file and the annotation.
 
 Errors: unreadable or non-COCO annotation files, missing or undecodable images, negative box
 sizes, category ids not in ``categories``, annotations of unknown images. Warnings: boxes mmdet
 ignores (zero area, a side below one pixel, outside the image). Images without objects are valid.
 """
+import builtins
 import copy
 import json
 import re
 
 import numpy as np
 import pytest
+import torch
+from mmdet.registry import DATASETS, MODELS
+from mmengine.dataset import pseudo_collate
+from mmengine.optim import OptimWrapper
+from mmengine.registry import init_default_scope
 from PIL import Image
 
-from sasa_det.reliability import CocoAnnotationError, check_coco_annotations
+from sasa_det.datasets import CocoAnnotationError, SampleLoadError, check_coco_annotations
 
 CATEGORIES = [dict(id=1, name='square'), dict(id=2, name='disc')]
 
@@ -144,16 +150,13 @@ def test_malformed_annotation_is_an_error_naming_it(tmp_path, changes, expected)
 # --- the registered dataset (mmdet) -------------------------------------------------------------
 
 def _dataset(tmp_path, ann_file, **kwargs):
-    pytest.importorskip('mmdet')
-    from mmdet.registry import DATASETS
-    from mmengine.registry import init_default_scope
     init_default_scope('mmdet')
-    return DATASETS.build(dict(
+    return DATASETS.build(dict(dict(
         type='CheckedCocoDataset', data_root=str(tmp_path), ann_file=ann_file,
         data_prefix=dict(img='images/'), metainfo=dict(classes=('square', 'disc')),
         filter_cfg=dict(filter_empty_gt=False),
         pipeline=[dict(type='LoadImageFromFile'), dict(type='LoadAnnotations', with_bbox=True),
-                  dict(type='PackDetInputs')], **kwargs))
+                  dict(type='PackDetInputs')]), **kwargs))
 
 
 def test_checked_dataset_loads_a_valid_set_with_empty_images(tmp_path):
@@ -161,6 +164,27 @@ def test_checked_dataset_loads_a_valid_set_with_empty_images(tmp_path):
     dataset = _dataset(tmp_path, ann_file)
     assert len(dataset) == 3
     assert len(dataset[2]['data_samples'].gt_instances) == 0  # image 3, no objects
+
+
+def test_checked_dataset_reads_the_file_once_and_loads_what_mmdet_loads(tmp_path, monkeypatch):
+    """The annotation file is opened once (the check and the COCO index share the parsed
+    file), and the data list is mmdet's CocoDataset's for the same file."""
+    ann_file, _ = _write_set(tmp_path)
+    opened, real_open = [], builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if str(file) == ann_file:
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, 'open', counting_open)
+    checked = _dataset(tmp_path, ann_file)
+    monkeypatch.undo()
+    assert len(opened) == 1
+    plain = _dataset(tmp_path, ann_file, type='CocoDataset')
+    assert [checked.get_data_info(i) for i in range(len(checked))] == [
+        plain.get_data_info(i) for i in range(len(plain))]
+    assert checked.cat_ids == plain.cat_ids and checked.cat_img_map == plain.cat_img_map
 
 
 def test_checked_dataset_refuses_bad_annotations(tmp_path):
@@ -172,8 +196,6 @@ def test_checked_dataset_refuses_bad_annotations(tmp_path):
 def test_checked_dataset_names_image_that_fails_to_load(tmp_path):
     """An image that exists but cannot be decoded fails in the pipeline with its path, image id
     and the annotation file in the message."""
-    pytest.importorskip('mmdet')
-    from sasa_det.reliability import SampleLoadError
     ann_file, _ = _write_set(tmp_path)
     (tmp_path / 'images' / '02.png').write_bytes(b'not an image')
     dataset = _dataset(tmp_path, ann_file)
@@ -186,17 +208,12 @@ def test_images_without_objects_train_normally(tmp_path):
     """A batch of an annotated image and one without objects, then a batch of two images
     without objects, through CheckedCocoDataset and one SGD step of the SASA demo detector
     (shrunk): finite losses, zero box loss when there is no object, weights updated."""
-    pytest.importorskip('mmdet')
-    import torch
-    from mmdet.registry import MODELS
-    from mmengine.dataset import pseudo_collate
-    from mmengine.optim import OptimWrapper
     from test_reliability_inputs import CONFIG_DIR, tiny_detector_cfg
 
     ann_file, _ = _write_set(tmp_path)
     dataset = _dataset(tmp_path, ann_file)
     model = MODELS.build(tiny_detector_cfg(
-        f'{CONFIG_DIR}/demo/retinanet_sasa_r50_demo.py').model)
+        f'{CONFIG_DIR}/demo/retinanet_sasa_r26w16_demo.py').model)
     optim_wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.01))
     model.train()
     for indices, has_objects in (((0, 2), True), ((2, 2), False)):

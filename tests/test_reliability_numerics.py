@@ -1,36 +1,37 @@
-"""Numerics (issue 7, items 2 and 5): non-finite losses never reach the weights or a checkpoint;
-mixed precision gives finite losses; seeded deterministic runs repeat exactly."""
+"""Numerics: non-finite losses never reach the weights or a checkpoint; mixed precision gives
+finite losses; seeded deterministic runs repeat exactly; the soak test's memory measurement."""
+import importlib.util
 import math
 import mmap
 import os.path as osp
 
 import pytest
 import torch
+from mmengine.hooks import Hook
+from mmengine.model import BaseModel
+from mmengine.runner import Runner
 from torch import nn
 
-pytest.importorskip('mmengine')
+from conftest import ToyRegressor
+from sasa_det.engine import NonFiniteLossError, NonFiniteLossHook
 
-from mmengine.hooks import Hook  # noqa: E402
-from mmengine.model import BaseModel  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
-
-from sasa_det.reliability import NonFiniteLossError, NonFiniteLossHook  # noqa: E402
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 pytestmark = pytest.mark.usefixtures('one_thread')  # tiny models: see conftest
 
 
-class FaultyToy(BaseModel):
-    """A linear regressor whose loss (``fault='loss'``) or gradient (``fault='grad'``) is NaN at
-    the training iterations (1-based) in ``bad_iters``; the other terms stay finite."""
+class FaultyToy(ToyRegressor):
+    """The toy regressor with a second loss term ``loss_aux`` (zero) whose value
+    (``fault='loss'``) or gradient (``fault='grad'``) is NaN at the training iterations
+    (1-based) in ``bad_iters``."""
 
     def __init__(self, bad_iters=(), fault='loss'):
         super().__init__()
-        self.linear = nn.Linear(8, 1)
         self.bad_iters, self.fault, self.calls = set(bad_iters), fault, 0
 
     def forward(self, inputs, targets, mode='tensor'):
-        out = self.linear(inputs)
+        out = super().forward(inputs, targets, mode)
         if mode != 'loss':
             return out
         self.calls += 1
@@ -40,16 +41,7 @@ class FaultyToy(BaseModel):
                 aux = aux + float('nan')
             else:  # value 0, gradient d sqrt(|u|)/du at 0 = inf * 0 = nan
                 aux = aux.abs().sqrt()
-        return dict(loss_mse=((out - targets) ** 2).mean(), loss_aux=aux)
-
-
-class ToyData(torch.utils.data.Dataset):
-    def __len__(self):
-        return 64
-
-    def __getitem__(self, i):
-        x = torch.randn(8, generator=torch.Generator().manual_seed(i))
-        return dict(inputs=x, targets=x.sum(0, keepdim=True))
+        return dict(out, loss_aux=aux)
 
 
 class RecordWeights(Hook):
@@ -62,28 +54,22 @@ class RecordWeights(Hook):
         self.weights[runner.iter + 1] = runner.model.linear.weight.detach().clone()
 
 
-def _runner(tmp_path, model, hooks, max_iters=8):
-    return Runner(
-        model=model, work_dir=str(tmp_path),
-        train_dataloader=dict(dataset=ToyData(), sampler=dict(type='InfiniteSampler'),
-                              batch_size=4, num_workers=0,
-                              collate_fn=dict(type='default_collate')),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=2, by_epoch=False)),
-        custom_hooks=hooks, randomness=dict(seed=0), default_scope='mmengine',
-        experiment_name=f'numerics_{id(model)}')
+@pytest.fixture
+def runner(tmp_path, toy_runner):
+    """The toy run of ``model`` with ``hooks``, checkpoints every 2 iterations (the configs'
+    AtomicCheckpointHook), in tmp_path."""
+    return lambda model, hooks, max_iters=8: toy_runner(tmp_path, max_iters, hooks=hooks,
+                                                        model=model)
 
 
 @pytest.mark.parametrize('fault', ['loss', 'grad'])
-def test_non_finite_stops_before_the_step_and_keeps_last_checkpoint(tmp_path, fault):
+def test_non_finite_stops_before_the_step_and_keeps_last_checkpoint(tmp_path, runner, fault):
     """NaN at iteration 5 (checkpoints every 2): the run stops naming iteration 5 and the loss
     terms; weights are those after iteration 4; iter_4.pth is the last checkpoint and finite."""
     model = FaultyToy(bad_iters={5}, fault=fault)
     record = RecordWeights()
-    runner = _runner(tmp_path, model, [dict(type='NonFiniteLossHook'), record])
     with pytest.raises(NonFiniteLossError) as info:
-        runner.train()
+        runner(model, [dict(type='NonFiniteLossHook'), record]).train()
     message = str(info.value)
     what = {'loss': 'loss', 'grad': 'gradient'}[fault]
     assert f'Non-finite {what} at iteration 5' in message
@@ -98,13 +84,13 @@ def test_non_finite_stops_before_the_step_and_keeps_last_checkpoint(tmp_path, fa
     assert torch.equal(state['linear.weight'], record.weights[4])
 
 
-def test_non_finite_skip_mode_drops_only_that_update(tmp_path):
+def test_non_finite_skip_mode_drops_only_that_update(tmp_path, runner):
     """mode='skip': NaN loss at iteration 3 leaves the weights as after iteration 2, training
     finishes, and every checkpoint holds finite weights."""
     model = FaultyToy(bad_iters={3})
     record = RecordWeights()
     hook = NonFiniteLossHook(mode='skip')
-    _runner(tmp_path, model, [hook, record], max_iters=6).train()
+    runner(model, [hook, record], max_iters=6).train()
     assert hook.skipped_iters == [3]
     assert torch.equal(record.weights[3], record.weights[2])
     assert not torch.equal(record.weights[4], record.weights[3])  # training went on
@@ -113,12 +99,12 @@ def test_non_finite_skip_mode_drops_only_that_update(tmp_path):
         assert all(torch.isfinite(v).all() for v in state['state_dict'].values())
 
 
-def test_non_finite_skip_mode_stops_after_too_many(tmp_path):
+def test_non_finite_skip_mode_stops_after_too_many(runner):
     """A loss that stays NaN is not skipped forever: max_consecutive_skips stops the run."""
     model = FaultyToy(bad_iters=set(range(3, 100)))
     hook = NonFiniteLossHook(mode='skip', max_consecutive_skips=3)
     with pytest.raises(NonFiniteLossError, match='3 non-finite iterations in a row'):
-        _runner(tmp_path, model, [hook], max_iters=10).train()
+        runner(model, [hook], max_iters=10).train()
     assert hook.skipped_iters == [3, 4, 5]
 
 
@@ -127,7 +113,7 @@ def test_non_finite_hook_rejects_unknown_mode():
         NonFiniteLossHook(mode='ignore')
 
 
-# --- item 5: mixed precision and determinism -----------------------------------------------------
+# --- mixed precision and determinism -----------------------------------------------------
 
 class TinySASANet(BaseModel):
     """conv stem -> SASA layer (k=3, stride 2) -> SASA layer -> global pool -> 3 classes."""
@@ -230,7 +216,8 @@ def test_sasa_model_trains_finite_with_cpu_amp(tmp_path, dtype):
         train_cfg=dict(by_epoch=False, max_iters=6),
         optim_wrapper=dict(type='CPUAmpOptimWrapper', dtype=dtype,
                            optimizer=dict(type='SGD', lr=0.1), clip_grad=dict(max_norm=10)),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=6, by_epoch=False)),
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=6,
+                                           by_epoch=False)),
         custom_hooks=[dict(type='NonFiniteLossHook'), record], randomness=dict(seed=0),
         default_scope='mmengine', experiment_name=f'amp_{dtype}_{id(model)}')
     runner.train()
@@ -241,7 +228,18 @@ def test_sasa_model_trains_finite_with_cpu_amp(tmp_path, dtype):
     assert ('loss_scaler' in state) == (dtype == 'float16')
 
 
-# --- item 7: memory over a run (the soak test's measurement) -----------------------------------
+# --- memory over a run (the soak test's measurement) ---------------------------------------------
+
+def _load_soak():
+    """tools/soak.py as a module: its MemoryMonitorHook and growth fit."""
+    spec = importlib.util.spec_from_file_location('soak', osp.join(ROOT, 'tools', 'soak.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+soak = _load_soak()
+
 
 class Leak(Hook):
     """Keeps ``mib`` MiB of freshly mapped, written pages alive per iteration: a synthetic leak.
@@ -262,25 +260,22 @@ class Leak(Hook):
 
 
 @pytest.mark.parametrize('leak_mib', [0, 2])
-def test_memory_monitor_measures_growth(tmp_path, leak_mib):
+def test_memory_monitor_measures_growth(runner, leak_mib):
     """MemoryMonitorHook + growth(), as tools/soak.py uses them: a 2 MiB/iteration leak is
     measured as ~2 MiB per iteration; without it the fitted growth stays small."""
-    from sasa_det.reliability.memory import MemoryMonitorHook, growth
-    monitor = MemoryMonitorHook(interval=5)
-    runner = _runner(tmp_path, FaultyToy(), [Leak(leak_mib), monitor], max_iters=25)
-    runner.train()
+    monitor = soak.MemoryMonitorHook(interval=5)
+    runner(FaultyToy(), [Leak(leak_mib), monitor], max_iters=25).train()
     assert monitor.iters == list(range(1, 26))
-    fit = growth(monitor.iters[5:], monitor.rss_mib[5:])
+    fit = soak.growth(monitor.iters[5:], monitor.rss_mib[5:])
     if leak_mib:
         assert fit['slope_mib_per_1k_iters'] == pytest.approx(1000 * leak_mib, rel=0.25)
     else:
         assert abs(fit['growth_mib']) < 8
 
 
-def test_memory_monitor_stops_at_the_cap(tmp_path):
-    from sasa_det.reliability.memory import MemoryLimitExceeded, MemoryMonitorHook
-    with pytest.raises(MemoryLimitExceeded, match='exceeds the cap of 1 MiB'):
-        _runner(tmp_path, FaultyToy(), [MemoryMonitorHook(max_rss_mib=1)]).train()
+def test_memory_monitor_stops_at_the_cap(runner):
+    with pytest.raises(soak.MemoryLimitExceeded, match='exceeds the cap of 1 MiB'):
+        runner(FaultyToy(), [soak.MemoryMonitorHook(max_rss_mib=1)]).train()
 
 
 @pytest.mark.soak

@@ -151,7 +151,7 @@ def test_bad_config_value_is_reported_with_its_config_key(tmp_path):
         import train
     finally:
         sys.path.remove(str(ROOT / 'tools'))
-    from sasa_det.reliability import ConfigValueError
+    from sasa_det.utils import ConfigValueError
     args = train.parse_args([str(CONFIG), '--work-dir', str(tmp_path), '--cfg-options',
                              'model.neck.attention_cfg.kernel_size=4'])
     cfg = train.load_config(args)

@@ -4,8 +4,10 @@
 
 Trains a demo config (default: the SASA demo RetinaNet) on freshly generated demo data in one
 process (data loading in the main process, so the RSS measured is the whole run's), samples the
-resident set size after every iteration with ``MemoryMonitorHook``, prints it every
-``--every`` iterations, and fits a line through the samples after ``--warmup`` iterations.
+resident set size after every iteration with :class:`MemoryMonitorHook`, prints it every
+``--every`` iterations, and fits a line through the samples after ``--warmup`` iterations
+(:func:`growth`): a leak shows as RSS rising iteration after iteration, the allocator's
+warm-up as a plateau.
 
 Exit status: 0 when the fitted growth over the measured iterations is within
 ``--tolerance-mib``; 1 when it is not (a leak); 2 when the RSS passed ``--max-rss-mib`` (the run
@@ -19,14 +21,79 @@ import os.path as osp
 import resource
 import sys
 import tempfile
+from typing import Dict, List, Optional, Sequence
+
+from mmengine.hooks import Hook
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MIB = 1024 * 1024
+
+
+def current_rss_mib() -> float:
+    """This process's resident set size now, in MiB."""
+    try:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / MIB
+    except (OSError, ValueError, IndexError):  # not Linux: the peak is the best available
+        return peak_rss_mib()
+
+
+def peak_rss_mib() -> float:
+    """The peak resident set size of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == 'darwin' else peak / 1024  # bytes on macOS, KiB else
+
+
+def growth(iters: Sequence[int], rss: Sequence[float]) -> Dict[str, float]:
+    """Least-squares line through (iteration, RSS MiB): slope in MiB per 1000 iterations, and
+    the growth it implies over the sampled range in MiB."""
+    n = len(iters)
+    if n < 2:
+        return dict(slope_mib_per_1k_iters=0.0, growth_mib=0.0)
+    mean_x, mean_y = sum(iters) / n, sum(rss) / n
+    sxx = sum((x - mean_x) ** 2 for x in iters)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(iters, rss))
+    slope = sxy / sxx if sxx else 0.0
+    return dict(slope_mib_per_1k_iters=1000 * slope, growth_mib=slope * (iters[-1] - iters[0]))
+
+
+class MemoryLimitExceeded(RuntimeError):
+    """The process's RSS passed the cap given to :class:`MemoryMonitorHook`."""
+
+
+class MemoryMonitorHook(Hook):
+    """Record RSS after each training iteration; log every ``interval``; enforce a cap.
+
+    Args:
+        interval: log a line every this many iterations (samples are taken every iteration).
+        max_rss_mib: raise :class:`MemoryLimitExceeded` when the RSS passes it (None: no cap).
+    """
+
+    priority = 'LOW'
+
+    def __init__(self, interval: int = 10, max_rss_mib: Optional[float] = None) -> None:
+        if not isinstance(interval, int) or interval < 1:
+            raise ValueError(f'interval must be a positive integer, got {interval!r}')
+        self.interval, self.max_rss_mib = interval, max_rss_mib
+        self.iters: List[int] = []
+        self.rss_mib: List[float] = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        iteration, rss = runner.iter + 1, current_rss_mib()
+        self.iters.append(iteration)
+        self.rss_mib.append(rss)
+        if iteration % self.interval == 0:
+            runner.logger.info(f'memory: iter {iteration} rss {rss:.1f} MiB '
+                               f'peak {peak_rss_mib():.1f} MiB')
+        if self.max_rss_mib is not None and rss > self.max_rss_mib:
+            raise MemoryLimitExceeded(f'RSS {rss:.1f} MiB at iteration {iteration} exceeds the '
+                                      f'cap of {self.max_rss_mib} MiB')
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--config',
-                        default=osp.join(ROOT, 'configs/demo/retinanet_sasa_r50_demo.py'))
+                        default=osp.join(ROOT, 'configs/demo/retinanet_sasa_r26w16_demo.py'))
     parser.add_argument('--iters', type=int, default=300, help='training iterations')
     parser.add_argument('--warmup', type=int, default=30,
                         help='iterations excluded from the growth fit (allocator warm-up)')
@@ -60,14 +127,9 @@ def soak_config(args, data_root: str, work_dir: str):
     cfg.val_dataloader = cfg.val_cfg = cfg.val_evaluator = None
     cfg.test_dataloader = cfg.test_cfg = cfg.test_evaluator = None
     cfg.param_scheduler = None  # the demo's schedule is sized for its own length
-    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False,
-                                        interval=args.iters + 1, save_last=False)
+    cfg.default_hooks.checkpoint = None  # nothing to resume: the run measures memory only
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=args.every)
     cfg.log_processor = dict(by_epoch=False)
-    cfg.custom_hooks = [h for h in cfg.get('custom_hooks', []) if h.get('type') !=
-                        'MemoryMonitorHook']
-    cfg.custom_hooks.append(dict(type='MemoryMonitorHook', interval=args.every,
-                                 max_rss_mib=args.max_rss_mib))
     cfg.work_dir = work_dir
     if args.cfg_options:
         action = DictAction(option_strings=[], dest='options')
@@ -85,18 +147,18 @@ def main(argv=None) -> int:
     sys.path.insert(0, ROOT)
     import sasa_det  # noqa: F401  (registrations)
     from mmengine.runner import Runner
-    from sasa_det.reliability.memory import MemoryLimitExceeded, growth, peak_rss_mib
 
     with tempfile.TemporaryDirectory(prefix='sasa-soak-') as tmp:
         data_root = args.data_root
         if data_root is None:
-            from sasa_det.datasets.demo_coco import make_demo_dataset
+            from sasa_det.datasets import make_demo_dataset
             data_root = osp.join(tmp, 'data')
             make_demo_dataset(data_root, num_train=args.num_images, num_val=1,
                               image_size=args.image_size)
         cfg = soak_config(args, data_root, args.work_dir or osp.join(tmp, 'work'))
         runner = Runner.from_cfg(cfg)
-        monitor = next(h for h in runner.hooks if type(h).__name__ == 'MemoryMonitorHook')
+        monitor = MemoryMonitorHook(interval=args.every, max_rss_mib=args.max_rss_mib)
+        runner.register_hook(monitor)
         status, reason = 0, ''
         try:
             runner.train()

@@ -14,8 +14,8 @@ from mmdet.evaluation import DumpDetResults
 # tools/ is this script's directory, so train.py's command line and set-up are importable; it
 # also puts the repository on sys.path and imports sasa_det.
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import (build_runner, load_config, parse_args,  # noqa: E402
-                   setup_cache_size_limit_of_dynamo)
+from train import (build_runner, download_url_checkpoints, load_config,  # noqa: E402
+                   parse_args, setup_cache_size_limit_of_dynamo)
 
 
 def main(argv=None) -> None:
@@ -23,6 +23,7 @@ def main(argv=None) -> None:
     setup_cache_size_limit_of_dynamo()
     cfg = load_config(args)
     cfg.load_from = args.checkpoint
+    download_url_checkpoints(cfg)  # a URL checkpoint loads as a local file, safely
     if args.show_dir:
         args.show, args.wait_time = False, 0
         cfg = trigger_visualization_hook(cfg, args)

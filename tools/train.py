@@ -20,9 +20,10 @@ from mmengine.runner import Runner
 
 # Run from a checkout without `pip install -e .`: make the repository importable.
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-import sasa_det  # noqa: E402,F401  (registers SASA modules and safe checkpoint loading)
+import sasa_det  # noqa: E402,F401  (registers the modules the configs name)
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
-from sasa_det.reliability import explain_config_errors  # noqa: E402
+from sasa_det.engine import download_url_checkpoints  # noqa: E402
+from sasa_det.utils import explain_config_errors  # noqa: E402
 
 
 def parse_args(argv=None, test: bool = False) -> argparse.Namespace:
@@ -58,7 +59,11 @@ def parse_args(argv=None, test: bool = False) -> argparse.Namespace:
 
 
 def load_config(args: argparse.Namespace) -> Config:
-    """Config with --cfg-options, --launcher and the work dir (CLI > config > configs' name)."""
+    """Config with --cfg-options, --launcher and the work dir (CLI > config > configs' name).
+
+    URL checkpoints the config names (``load_from``, ``Pretrained`` ``init_cfg``) are downloaded
+    here, so that mmengine loads them as local files with torch's safe unpickler.
+    """
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
@@ -68,6 +73,7 @@ def load_config(args: argparse.Namespace) -> Config:
     elif cfg.get('work_dir') is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     use_cpu_distributed(cfg)
+    download_url_checkpoints(cfg)
     return cfg
 
 
@@ -132,10 +138,11 @@ def main(argv=None) -> None:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':  # latest checkpoint in the work dir
+    if args.resume == 'auto':  # the config's checkpoint hook picks the latest intact one
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
+        download_url_checkpoints(cfg)
     build_runner(cfg).train()
 
 

@@ -1,11 +1,12 @@
-"""Load mmengine's own checkpoints with torch's safe unpickler (``weights_only=True``).
+"""Checkpoint files: safe loading, atomic writing, and finding an intact one to resume from.
 
-mmengine 0.10.7 calls ``torch.load(filename, map_location=...)``. Since torch 2.6 that means
-``weights_only=True``: a restricted unpickler that rebuilds tensors, containers and primitives and
-refuses every other global. That refusal is what stops a downloaded checkpoint from running code,
-so we keep it and allowlist the few extra globals an mmengine checkpoint really holds (found by
-saving one with a Runner and reading ``torch.serialization.get_unsafe_globals_in_checkpoint``,
-then reading mmengine's hooks for what else they put in the message hub):
+Safe loading. Since torch 2.6 ``torch.load`` defaults to ``weights_only=True``: a restricted
+unpickler that rebuilds tensors, containers and primitives and refuses every other global. That
+refusal is what stops a downloaded checkpoint from running code, so we keep it and allowlist
+(:func:`allow_mmengine_checkpoints`, through torch's ``add_safe_globals``) the few extra globals
+an mmengine checkpoint really holds, found by saving one with a Runner and reading
+``torch.serialization.get_unsafe_globals_in_checkpoint``, then reading mmengine's hooks for what
+else they put in the message hub:
 
 - ``message_hub.log_scalars``: :class:`mmengine.logging.HistoryBuffer`, whose state is two numpy
   arrays (numpy's ``_reconstruct``, ``ndarray``, ``dtype`` and the dtype's class) plus its
@@ -22,16 +23,33 @@ milestones) are on torch's default allowlist already. Two globals are narrowed, 
 - numpy dtypes: booleans and numbers only. An object array unpickles arbitrary Python objects,
   so ``dtype=object`` stays refused.
 
-mmengine's remote loader (``http(s)://``, ``torchvision://``, ``open-mmlab://``) goes through
-``torch.hub.load_state_dict_from_url``, whose ``weights_only`` defaults to False even in torch 2.14;
-:func:`allow_mmengine_checkpoints` routes it through the same safe unpickler.
+URLs. mmengine loads ``http(s)://``, ``torchvision://`` and ``open-mmlab://`` checkpoints with
+``torch.hub.load_state_dict_from_url``, whose ``weights_only`` defaults to False.
+:func:`download_url_checkpoints` downloads those a config names (``load_from``, ``Pretrained``
+``init_cfg``) and puts the local file in their place, so mmengine reads them as local files,
+with the safe unpickler; ``tools/train.py`` and ``tools/test.py`` call it.
+
+Atomic writes and intact checkpoints. :func:`atomic_write_bytes` writes a temporary file in the
+same directory, fsyncs it and renames it onto the final name, so a reader (or a run killed
+mid-write) sees either the old file or the complete new one. A checkpoint is intact when
+:func:`checkpoint_problem` finds nothing: torch's zip container with a central directory and a
+matching CRC-32 for every member (read once, without unpickling), or for the legacy non-zip
+format a successful ``torch.load``. :func:`find_latest_intact_checkpoint` is what a resumed run
+starts from.
 """
+import os
+import os.path as osp
 import pickle
-from typing import Any, Callable, List, Tuple, Union
+import re
+import uuid
+import zipfile
+from typing import Any, Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from mmengine.logging import HistoryBuffer
+from mmengine.logging import HistoryBuffer, MMLogger, print_log
+
+# --- safe loading -------------------------------------------------------------------------------
 
 # The numpy dtypes a checkpoint may carry: what HistoryBuffer stores (float64, int64) and what
 # numpy metrics and hooks produce. Booleans and numbers only; never 'O' (object).
@@ -79,19 +97,191 @@ def mmengine_checkpoint_globals() -> List[SafeGlobal]:
             np.ndarray, np.dtype, *dtype_classes, *numpy_helpers]
 
 
-def _load_url_weights_only(url: str, *args: Any, **kwargs: Any) -> Any:
-    """``torch.hub.load_state_dict_from_url`` with ``weights_only=True`` (its default is False)."""
-    return torch.hub.load_state_dict_from_url(url, *args, weights_only=True, **kwargs)
-
-
 def allow_mmengine_checkpoints() -> None:
     """Let ``torch.load(..., weights_only=True)`` read mmengine checkpoints; refuse other globals.
 
     Idempotent; ``import sasa_det`` calls it.
     """
-    if torch.__version__ < '2.6':  # pragma: no cover - weights_only=False was the default
-        return
-    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
+    if hasattr(torch.serialization, 'add_safe_globals'):  # torch >= 2.4
+        torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
 
+
+# --- URL checkpoints ----------------------------------------------------------------------------
+
+def _url_of(name: str) -> Optional[str]:
+    """The http(s) URL behind a checkpoint name mmengine would download, else None."""
     from mmengine.runner import checkpoint as mmengine_checkpoint
-    mmengine_checkpoint.load_url = _load_url_weights_only
+    if name.startswith(('http://', 'https://')):
+        return name
+    if name.startswith(('torchvision://', 'modelzoo://')):
+        return mmengine_checkpoint.get_torchvision_models()[name.split('://', 1)[1]]
+    if name.startswith(('open-mmlab://', 'openmmlab://')):
+        model = name.split('://', 1)[1]
+        model = mmengine_checkpoint.get_deprecated_model_names().get(model, model)
+        url = mmengine_checkpoint.get_external_models()[model]
+        return url if url.startswith(('http://', 'https://')) else None
+    return None
+
+
+def download_checkpoint(url: str, model_dir: Optional[str] = None) -> str:
+    """Download ``url`` into torch hub's checkpoint directory (once); return the local path."""
+    from urllib.parse import urlparse
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    cached = osp.join(model_dir, osp.basename(urlparse(url).path))
+    if not osp.exists(cached):
+        print_log(f'Downloading {url} to {cached}', logger='current')
+        torch.hub.download_url_to_file(url, cached, progress=False)
+    return cached
+
+
+def download_url_checkpoints(cfg: Any, model_dir: Optional[str] = None) -> None:
+    """Replace, in place, every URL checkpoint of ``cfg`` by its downloaded local file.
+
+    Looks at ``cfg.load_from`` and at ``checkpoint`` of every ``init_cfg`` under ``cfg.model``
+    (``dict(type='Pretrained', checkpoint=URL)``), as mmengine would load them.
+    """
+    load_from = cfg.get('load_from')
+    if isinstance(load_from, str) and _url_of(load_from):
+        cfg.load_from = download_checkpoint(_url_of(load_from), model_dir)
+    stack = [cfg.get('model')]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            checkpoint = node.get('checkpoint')
+            if node.get('type') == 'Pretrained' and isinstance(checkpoint, str) and _url_of(
+                    checkpoint):
+                node['checkpoint'] = download_checkpoint(_url_of(checkpoint), model_dir)
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend(node)
+
+
+# --- atomic writes and intact checkpoints -------------------------------------------------------
+
+# Our temporary files start with this prefix, so they never match the '*.pth' checkpoint names
+# and a stale one (left by SIGKILL during a write) is recognisable and safe to delete.
+TMP_PREFIX = '.tmp-sasa-'
+_STEP = re.compile(r'(\d+)(?=\.[^.]*$)')
+
+
+def atomic_write_bytes(data: bytes, path: str) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is never seen partly written."""
+    directory = osp.dirname(osp.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    unique = f'{os.getpid()}.{uuid.uuid4().hex[:8]}'
+    tmp = osp.join(directory, f'{TMP_PREFIX}{osp.basename(path)}.{unique}')
+    # os.open with 0o666 (not mkstemp's 0o600) so the umask decides, as for open(path, 'wb').
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, 'O_BINARY', 0), 0o666)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if osp.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Persist the rename itself (the directory entry); not possible on every OS."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - file systems that refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why the checkpoint file at ``path`` cannot be resumed from, or None if it is intact."""
+    if not osp.isfile(path):
+        return 'file does not exist'
+    if osp.getsize(path) == 0:
+        return 'file is empty'
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad_member = archive.testzip()  # reads every member and checks its CRC-32
+        except Exception as err:  # noqa: BLE001 - zipfile raises many types on garbage
+            return f'damaged zip container ({type(err).__name__}: {err})'
+        return None if bad_member is None else f'CRC mismatch in member {bad_member!r}'
+    with open(path, 'rb') as f:
+        if f.read(4) == b'PK\x03\x04':
+            # torch's zip format without a readable central directory: the tail was cut off.
+            return 'truncated (zip central directory missing)'
+    try:  # legacy (pre-1.6) torch.save format: only a full load can tell
+        torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means "cannot resume from it"
+        return f'cannot be loaded ({type(err).__name__}: {err})'
+    return None
+
+
+def _step(path: str) -> int:
+    """The number in a checkpoint name (iter_12.pth -> 12); -1 when there is none."""
+    match = _STEP.search(osp.basename(path))
+    return int(match.group(1)) if match else -1
+
+
+def checkpoint_candidates(directory: str) -> List[str]:
+    """The ``*.pth`` files in ``directory``, newest first (by the step in the name, then mtime)."""
+    if not osp.isdir(directory):
+        return []
+    paths = [osp.join(directory, name) for name in os.listdir(directory)
+             if name.endswith('.pth') and not name.startswith(TMP_PREFIX)]
+    return sorted(paths, key=lambda p: (_step(p), osp.getmtime(p)), reverse=True)
+
+
+def remove_stale_temporaries(directory: str) -> None:
+    """Delete temporaries left by a run killed while writing (they are never complete files)."""
+    if not osp.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX):
+            print_log(f'Removing {osp.join(directory, name)}: an unfinished checkpoint write '
+                      'from an interrupted run.', logger='current', level=30)  # WARNING
+            try:
+                os.unlink(osp.join(directory, name))
+            except FileNotFoundError:  # another rank of the same resumed run removed it
+                pass
+
+
+def find_latest_intact_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint to resume from: the one ``work_dir/last_checkpoint`` names if intact, else
+    the newest intact ``*.pth`` beside it; None when there is no ``last_checkpoint`` (a fresh
+    run). Damaged files are reported with a warning naming the file and the reason."""
+    logger = MMLogger.get_current_instance()
+    pointer = osp.join(work_dir, 'last_checkpoint')
+    if not osp.exists(pointer):  # as mmengine: no pointer, no resume
+        logger.info('Did not find last_checkpoint to be resumed.')
+        return None
+    with open(pointer) as f:
+        named = f.read().strip()
+    search_dir = osp.dirname(named) if named else work_dir
+    remove_stale_temporaries(search_dir)
+    if not named:  # a kill while mmengine rewrote the pointer
+        logger.warning(f'{pointer} is empty.')
+    else:
+        problem = checkpoint_problem(named)
+        if problem is None:
+            return named
+        logger.warning(f'Checkpoint {named} (named by {pointer}) cannot be resumed from: '
+                       f'{problem}.')
+    for candidate in checkpoint_candidates(search_dir):
+        if named and osp.abspath(candidate) == osp.abspath(named):
+            continue
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            logger.warning(f'Falling back to the previous intact checkpoint {candidate} '
+                           f'(instead of {named}).')
+            return candidate
+        logger.warning(f'Checkpoint {candidate} cannot be resumed from: {problem}; skipped.')
+    raise RuntimeError(f'Cannot resume: checkpoint {named} named by {pointer} is damaged '
+                       f'and no intact *.pth checkpoint was found in {search_dir}.')

@@ -2,11 +2,11 @@
 
 The layers and backbones validate their arguments at construction and raise
 ``ValueError('<argument> must be ..., got <value>')``. Built through mmengine's registries the
-argument is several levels below the config the user wrote (``model.backbone.spatial_cfg.
+argument is several levels below the config the user wrote (``model.backbone.attention_cfg.
 kernel_size``). :func:`explain_config_errors` turns such an error into a
 :class:`ConfigValueError` that starts with the full config key and its value:
 
-    model.backbone.spatial_cfg.kernel_size = 4: kernel_size must be a positive odd integer, got 4
+    model.backbone.attention_cfg.kernel_size = 4: kernel_size must be a positive odd integer, got 4
 
 How the key is found, without changing the layers: the traceback's ``build_from_cfg`` frames
 (mmengine's registry builder) hold the config dicts being built, outermost first. The innermost
@@ -121,16 +121,3 @@ def explain_config_errors(cfg: Any, root: str = ''):
         key, value = located
         raise ConfigValueError(key, value, str(err)) from err
 
-
-def build_model_checked(cfg: Any):
-    """Build ``cfg.model`` with mmdet's registry; bad values raise :class:`ConfigValueError`.
-
-    ``cfg`` is a whole mmengine Config (or dict) with a ``model`` entry; keys in errors start
-    with ``model.``.
-    """
-    from mmengine.registry import init_default_scope
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
-    from mmdet.registry import MODELS
-    model_cfg = cfg['model']
-    with explain_config_errors(model_cfg, root='model'):
-        return MODELS.build(model_cfg)

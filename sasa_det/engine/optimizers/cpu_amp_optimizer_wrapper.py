@@ -2,7 +2,7 @@
 
 :class:`CPUAmpOptimWrapper` runs the forward pass under ``torch.autocast('cpu', dtype)``:
 bfloat16 (default; fp32's exponent range, so no loss scaling) or float16 (with torch's dynamic
-``GradScaler('cpu')``, as ``AmpOptimWrapper`` does on CUDA). ``tools/train.py --amp`` should pick
+``GradScaler('cpu')``, as ``AmpOptimWrapper`` does on CUDA). ``tools/train.py --amp`` picks
 it when CUDA is not available::
 
     optim_wrapper = dict(type='CPUAmpOptimWrapper', dtype='bfloat16', optimizer=...)

@@ -1,0 +1,3 @@
+from .config_errors import ConfigValueError, explain_config_errors, locate_config_key
+
+__all__ = ['ConfigValueError', 'explain_config_errors', 'locate_config_key']
