@@ -1,9 +1,9 @@
 """Tabulate and plot detectors' accuracy against their cost: mAP vs GFLOPs, marker size = params.
 
     # configs and their work dirs (the latest `tools/test.py` result, else the last validation)
-    python tools/analyze.py configs/demo/retinanet_r50_demo.py \
-        configs/demo/retinanet_sasa_r50_demo.py \
-        --results work_dirs/demo/retinanet_r50_demo work_dirs/demo/retinanet_sasa_r50_demo \
+    python tools/analyze.py configs/demo/retinanet_r26w16_demo.py \
+        configs/demo/retinanet_sasa_r26w16_demo.py \
+        --results work_dirs/demo/retinanet_r26w16_demo work_dirs/demo/retinanet_sasa_r26w16_demo \
         --plot work_dirs/demo/map_vs_flops.png
 
     # parameters and FLOPs only (no training needed), at the paper's 640 x 640

@@ -24,7 +24,7 @@ cd "$ROOT"
 WORK="${SASA_DEMO_WORK_DIR:-work_dirs/demo}"
 DATA="${SASA_DEMO_DATA:-data/demo}"
 PY="$ROOT/.venv/bin/python"
-MODELS=(retinanet_r50_demo retinanet_sasa_r50_demo)
+MODELS=(retinanet_r26w16_demo retinanet_sasa_r26w16_demo)
 START=$(date +%s)
 STEP_START=$START
 

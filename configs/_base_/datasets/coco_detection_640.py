@@ -2,9 +2,10 @@
 # (8 per GPU on 8 GPUs). Same COCO files and CocoMetric as coco_detection.py.
 _base_ = './coco_detection.py'
 
+backend_args = None
 image_size = (640, 640)
 train_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='LoadAnnotations', with_bbox=True),
     # Jitter: the longer side is 640 times a factor drawn from [0.8, 1.2] (the paper gives no
     # range; this is the TPU RetinaNet recipe's), then a random 640 x 640 crop.
@@ -16,7 +17,7 @@ train_pipeline = [
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile', backend_args={{_base_.backend_args}}),
+    dict(type='LoadImageFromFile', backend_args=backend_args),
     dict(type='Resize', scale=image_size, keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True),
     dict(type='PackDetInputs',

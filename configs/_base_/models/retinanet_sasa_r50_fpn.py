@@ -3,6 +3,6 @@
 _base_ = './retinanet_sasa_r50_fpn_convhead.py'
 
 model = dict(
-    neck=dict(type='SASAFPN', attention_cfg=dict(kernel_size=7, heads=8)),
-    bbox_head=dict(type='SASARetinaHead', attention_cfg=dict(kernel_size=7, heads=8),
+    neck=dict(type='SASAFPN', attention_cfg=dict(type='SASA', kernel_size=7, heads=8)),
+    bbox_head=dict(type='SASARetinaHead', attention_cfg=dict(type='SASA', kernel_size=7, heads=8),
                    head_mixing='extra'))

@@ -3,4 +3,4 @@ _base_ = './retinanet_r50_fpn.py'
 
 model = dict(
     backbone=dict(type='SASAResNet', stem='conv', stage_with_attention=(True, True, True, True),
-                  attention_cfg=dict(kernel_size=7, heads=8)))
+                  attention_cfg=dict(type='SASA', kernel_size=7, heads=8)))

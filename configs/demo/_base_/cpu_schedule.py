@@ -22,9 +22,9 @@ optim_wrapper = dict(
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=50),
-    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1))
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
 
-# A fixed seed, so that the demo repeats its numbers on the same machine. Unseeded, three runs of
-# the same configs gave conv mAP 0.214 / 0.233 / 0.253 and SASA 0.165 / 0.174 / 0.140.
+# A fixed seed, so that the demo repeats its numbers on the same machine (docs/ablations.md has
+# the spread over unseeded runs).
 randomness = dict(seed=0)
