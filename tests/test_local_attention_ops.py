@@ -209,17 +209,20 @@ STRIDED = [(5, 7, 2, 2, 3, 2), (6, 4, 1, 2, 5, 2), (3, 2, 2, 2, 7, 2), (7, 5, 1,
 @pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
 @pytest.mark.parametrize('with_keys', [True, False], ids=['content', 'no-keys'])
 def test_bias_and_stride_reference_and_sliced_equal_the_loop(shape, padding_mode, with_keys):
-    """Reference and sliced outputs with a position bias and strided queries equal the per-query
-    loop of the formula."""
+    """Reference and sliced outputs and gradients with a position bias and strided queries equal
+    those of the per-query loop of the formula."""
     h, w, heads, d, k, stride = shape
-    args = [t.detach() if t is not None else None
-            for t in _strided_inputs(1, h, w, heads, d, k, stride, with_keys)]
-    q, key, v, row, col, bias = args
+    q, key, v, row, col, bias = args = _strided_inputs(1, h, w, heads, d, k, stride, with_keys)
+    differentiable = [t for t in args if t is not None and t.requires_grad]
     expected = _loop_attention(q, key, v, k, row, col, bias, stride, padding_mode)
+    grad = torch.randn_like(expected)
+    expected_grads = torch.autograd.grad(expected, differentiable, grad)
     for fn in (local_attention_2d_reference, local_attention_2d_sliced):
         actual = fn(q, key, v, k, row, col, padding_mode, bias, stride)
         assert actual.shape == expected.shape
         torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+        for ours, loop in zip(torch.autograd.grad(actual, differentiable, grad), expected_grads):
+            torch.testing.assert_close(ours, loop, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize('shape', STRIDED, ids=lambda s: 'x'.join(map(str, s)))
