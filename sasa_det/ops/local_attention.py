@@ -8,7 +8,7 @@ from .sliced import local_attention_2d_sliced
 
 __all__ = ['IMPLEMENTATIONS', 'PADDING_MODES', 'local_attention_2d']
 
-IMPLEMENTATIONS = ('auto', 'cpu_kernel', 'sliced', 'reference')
+IMPLEMENTATIONS = ('auto', 'cpu_kernel', 'triton', 'sliced', 'reference')
 
 
 def _cpu_kernel():
@@ -18,6 +18,16 @@ def _cpu_kernel():
     except ImportError:
         return None
     return cpu_kernel if cpu_kernel.is_available() else None
+
+
+def _triton():
+    """The Triton op module, or None where Triton does not import or SASA_DET_DISABLE_TRITON is
+    set. Imported on first use only: CPU-only runs never load Triton."""
+    try:
+        from . import triton_op
+    except ImportError:
+        return None
+    return triton_op if triton_op.is_enabled() else None
 
 
 def local_attention_2d(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
@@ -31,9 +41,12 @@ def local_attention_2d(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: i
     k (B, H, W, heads, d) or None; v (B, H, W, heads, d); row_logits, col_logits
     (B, Ho, Wo, heads, k); position_bias (heads, k, k). Output (B, Ho, Wo, heads, d).
 
-    ``implementation``: 'auto' takes the fused C++ kernel for CPU tensors when it is available
-    and supports the call (:func:`sasa_det.ops.cpu_kernel.supports`), and the memory-lean sliced
-    PyTorch path otherwise (any device); the others force one.
+    ``implementation``: 'auto' takes the Triton kernel for CUDA tensors when Triton imports and
+    supports the call (float16, bfloat16, float32: :func:`sasa_det.ops.triton_op.supports`), the
+    fused C++ kernel for CPU tensors when it is available and supports the call
+    (:func:`sasa_det.ops.cpu_kernel.supports`), and the memory-lean sliced PyTorch path
+    otherwise (any device, any dtype); the others force one. 'triton' takes CPU tensors only when
+    Triton's interpreter is on (``TRITON_INTERPRET=1`` before the kernels are imported).
     """
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f'implementation must be one of {IMPLEMENTATIONS}, '
@@ -44,6 +57,15 @@ def local_attention_2d(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: i
             query_stride)
     if implementation == 'reference':
         return local_attention_2d_reference(*args)
+    if implementation == 'triton' or (implementation == 'auto' and q.device.type == 'cuda'):
+        triton_op = _triton()
+        if implementation == 'triton':
+            if triton_op is None:
+                raise RuntimeError('the Triton kernel of sasa_det is not available here (Triton '
+                                   'does not import, or SASA_DET_DISABLE_TRITON is set)')
+            return triton_op.local_attention_2d_triton(*args)
+        if triton_op is not None and triton_op.supports(*args):
+            return triton_op.local_attention_2d_triton(*args)
     if implementation in ('auto', 'cpu_kernel') and q.device.type == 'cpu':
         kernel = _cpu_kernel()
         if kernel is not None and kernel.supports(*args):
