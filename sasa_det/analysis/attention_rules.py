@@ -14,8 +14,8 @@ Conventions (those :mod:`sasa_det.analysis.standard_rules` applies to convolutio
 - Relative logits are counted in their factorised form: a query meets k row and k column
   embeddings of d/2 dims (SASA), or W + H embeddings of d_k^h dims (AA), never k^2 or HW
   combined offsets.
-- Average pools are 1 per input element (as mmengine counts adaptive average pools); max pools
-  are free.
+- Pools are child modules (``pool``: a 2x2 average pool or an identity), counted by the
+  standard rules: average pools 1 per input element, max pools free.
 """
 from ..layers import AAConv2d, LocalSelfAttention2d, SpatiallyAwareStem
 from .counter import register_module_rule
@@ -23,15 +23,14 @@ from .counter import register_module_rule
 
 @register_module_rule(LocalSelfAttention2d)
 def local_self_attention(module: LocalSelfAttention2d, inputs, output) -> int:
-    """SASA layer on x (N, C_in, H, W): P = N*H*W stride-1 queries, window k, C_out = heads * d.
+    """SASA layer on x (N, C_in, H, W): P = N*H*W queries, window k, C_out = heads * d.
 
-    Counted by the child ``qkv`` (nn.Linear): P * C_in * 3 C_out (2 C_out with logits='relative').
-    Counted here:
+    Counted by the children: ``qkv`` (nn.Linear: P * C_in * 3 C_out, 2 C_out with
+    logits='relative') and ``pool`` (the 2x2 average pool of a stride-2 layer). Counted here:
     - q.k (q.(k + p) or q.p with absolute encodings): P * C_out * k^2 (d per window position
       and head);
     - q.r_row and q.r_col: P * heads * (d/2 * k + d/2 * k) = P * C_out * k;
-    - softmax-weighted sum of the values: P * C_out * k^2;
-    - stride 2: the 2x2 average pool, 1 per element of the (N, C_out, H, W) attention output.
+    - softmax-weighted sum of the values: P * C_out * k^2.
     """
     n, _, h, w = inputs[0].shape
     positions, c_out, k = n * h * w, module.out_channels, module.kernel_size
@@ -40,8 +39,6 @@ def local_self_attention(module: LocalSelfAttention2d, inputs, output) -> int:
         macs += positions * c_out * k * k  # q . k_ab
     if module.positional_encoding == 'relative':
         macs += positions * c_out * k  # q . r_row[u] + q . r_col[w]
-    if module.stride == 2:
-        macs += positions * c_out
     return macs
 
 
@@ -69,23 +66,19 @@ def spatially_aware_stem(module: SpatiallyAwareStem, inputs, output) -> int:
 
 @register_module_rule(AAConv2d)
 def attention_augmented_conv(module: AAConv2d, inputs, output) -> int:
-    """AA conv on x (N, C_in, H, W): attention over L = h*w positions of the input (2x2-average
-    pooled when stride 2), key depth d_k and value depth d_v over all heads.
+    """AA conv on x (N, C_in, H, W): attention over the L = h*w positions of the output (the
+    input, 2x2-average pooled by the child ``pool`` when stride 2), key depth d_k and value
+    depth d_v over all heads.
 
-    Counted by children: ``conv``, ``qkv`` and ``proj`` (1x1 convs). Counted here:
+    Counted by children: ``conv``, ``qkv`` and ``proj`` (1x1 convs) and ``pool``. Counted here:
     - q.k over all pairs: N * L^2 * d_k;
     - relative logits S_W, S_H: N * L * (w + h) * d_k (a query meets w width and h height
       embeddings of d_k / heads dims per head);
-    - softmax-weighted sum: N * L^2 * d_v;
-    - stride 2: the 2x2 average pool of the input, N * C_in * H * W.
+    - softmax-weighted sum: N * L^2 * d_v.
     """
-    n, c_in, h, w = inputs[0].shape
-    macs = 0
-    if module.stride == 2:
-        macs += n * c_in * h * w
-        h, w = -(-h // 2), -(-w // 2)
+    n, _, h, w = output.shape
     length = h * w
-    macs += n * length * length * (module.dk + module.dv)
+    macs = n * length * length * (module.dk + module.dv)
     if module.relative:
         macs += n * length * (h + w) * module.dk
     return macs

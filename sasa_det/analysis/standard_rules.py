@@ -80,10 +80,6 @@ def _average_pool(input: Tensor, *args, out: Tensor, **kwargs) -> int:
     return input.numel()
 
 
-def _free(*args, out, **kwargs) -> int:
-    return 0
-
-
 FUNCTION_RULES: Dict[Callable, Callable[..., int]] = {
     torch.conv1d: _conv, torch.conv2d: _conv, torch.conv3d: _conv,
     F.linear: _linear,

@@ -13,7 +13,6 @@ from typing import Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -101,6 +100,8 @@ class AAConv2d(nn.Module):
                               bias=bias) if conv_channels else None
         self.qkv = nn.Conv2d(in_channels, 2 * dk + dv, 1, bias=False)  # [W_Q; W_K; W_V]
         self.proj = nn.Conv2d(dv, dv, 1, bias=bias)  # W^O
+        # Stride 2: attention runs on the 2x2 average-pooled input (no parameters).
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
         if relative:
             dkh = dk // heads
             self.rel_height = nn.Parameter(torch.empty(2 * max_relative_position + 1, dkh))
@@ -148,8 +149,7 @@ class AAConv2d(nn.Module):
         return out.transpose(-1, -2).reshape(n, self.dv, h, w)
 
     def forward(self, x: Tensor) -> Tensor:
-        a = F.avg_pool2d(x, 2, 2, ceil_mode=True) if self.stride == 2 else x
-        attn = self.proj(self.attention(a))
+        attn = self.proj(self.attention(self.pool(x)))
         if self.conv is None:
             return attn
         return torch.cat([self.conv(x), attn], dim=1)

@@ -4,7 +4,6 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops import local_attention_2d
@@ -106,6 +105,8 @@ class LocalSelfAttention2d(nn.Module):
             self.register_parameter('rel_row', None)
             self.register_parameter('rel_col', None)
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        # Stride 2: a 2x2 average pool of the stride-1 attention output (no parameters).
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -146,10 +147,7 @@ class LocalSelfAttention2d(nn.Module):
         y = y.reshape(n, h, w, self.out_channels)
         if self.bias is not None:
             y = y + self.bias
-        y = y.permute(0, 3, 1, 2)  # (N, C, H, W), channels-last in memory
-        if self.stride == 2:
-            y = F.avg_pool2d(y, 2, 2, ceil_mode=True)
-        return y
+        return self.pool(y.permute(0, 3, 1, 2))  # (N, C, H, W), channels-last in memory
 
     def extra_repr(self) -> str:
         return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
