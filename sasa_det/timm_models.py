@@ -71,7 +71,8 @@ class SASAResNetClassifier(nn.Module):
         global_pool: timm pool type ('avg', 'max', 'avgmax', '' for none).
         drop_rate: dropout before ``fc``.
         **kwargs: further :class:`SASAResNet` arguments (stage_with_attention,
-            spatial_layer, attention_cfg, stem_cfg, ...).
+            attention_cfg such as ``dict(type='SASA', kernel_size=7, heads=8)`` or
+            ``dict(type='AA', dk=0.2, dv=0.1, heads=8)``, stem_cfg, ...).
 
     Shape:
         x (N, in_chans, H, W) -> logits (N, num_classes).

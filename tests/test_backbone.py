@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn as nn
 from mmdet.models.backbones import ResNet
 from mmdet.registry import MODELS
 from mmengine.logging import MMLogger
@@ -14,7 +15,7 @@ from sasa_det.layers import AAConv2d, LocalSelfAttention2d, SpatiallyAwareStem
 from sasa_det.models.backbones import SASAResNet
 
 # Tiny widths keep every test fast on a 2-core CPU; the structure is the full one.
-TINY = dict(base_channels=16, attention_cfg=dict(heads=4))
+TINY = dict(base_channels=16, attention_cfg=dict(type='SASA', heads=4))
 NO_ATTENTION = (False, False, False, False)
 
 
@@ -71,24 +72,22 @@ def test_depth_26_and_38_block_layouts():
         assert [len(getattr(model, f'layer{i}')) for i in range(1, 5)] == blocks
 
 
-# Every stem x spatial layer x stage pattern; style and with_cp alternate so each value of
+# Every stem x attention type x stage pattern; style and with_cp alternate so each value of
 # each appears with every stem and layer. Depth 26, tiny widths, odd input size.
 COMBINATIONS = [
     (stem, layer, stages, style_cp)
     for (stem, layer), style_cp in zip(
-        itertools.product(['conv', 'attention'], ['sasa', 'aa']),
+        itertools.product(['conv', 'attention'], ['SASA', 'AA']),
         [('pytorch', False), ('caffe', True), ('caffe', False), ('pytorch', True)])
     for stages in [(True, True, True, True), (False, False, True, True)]]
 
 
-@pytest.mark.parametrize('stem, spatial_layer, stages, style_cp', COMBINATIONS)
-def test_every_option_combination_runs_forward_and_backward(stem, spatial_layer, stages,
-                                                            style_cp):
+@pytest.mark.parametrize('stem, layer, stages, style_cp', COMBINATIONS)
+def test_every_option_combination_runs_forward_and_backward(stem, layer, stages, style_cp):
     torch.manual_seed(0)
     style, with_cp = style_cp
-    model = SASAResNet(26, stem=stem, spatial_layer=spatial_layer, stage_with_attention=stages,
-                       style=style, with_cp=with_cp, norm_eval=False, base_channels=8,
-                       attention_cfg=dict(heads=4))
+    model = SASAResNet(26, stem=stem, stage_with_attention=stages, style=style, with_cp=with_cp,
+                       norm_eval=False, base_channels=8, attention_cfg=dict(type=layer, heads=4))
     model.train()
     x = torch.randn(2, 3, 17, 23, requires_grad=True)
     outs = model(x)
@@ -98,7 +97,7 @@ def test_every_option_combination_runs_forward_and_backward(stem, spatial_layer,
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     for name, param in model.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
-    layer_type = LocalSelfAttention2d if spatial_layer == 'sasa' else AAConv2d
+    layer_type = LocalSelfAttention2d if layer == 'SASA' else AAConv2d
     for i, with_attention in enumerate(stages):
         for block in getattr(model, f'layer{i + 1}'):
             assert isinstance(block.conv2, layer_type) == with_attention
@@ -119,18 +118,72 @@ def test_basic_block_depth_18_puts_attention_in_both_3x3_layers():
 
 def test_attention_cfg_and_strides_reach_every_layer():
     model = SASAResNet(26, base_channels=16, attention_cfg=dict(
-        kernel_size=5, heads=2, positional_encoding='absolute'))
+        type='SASA', kernel_size=5, heads=2, positional_encoding='absolute'))
     layers = [m for m in model.modules() if isinstance(m, LocalSelfAttention2d)]
     assert len(layers) == 1 + 2 + 4 + 1
     assert all(m.kernel_size == 5 and m.heads == 2 and m.positional_encoding == 'absolute'
                for m in layers)
     assert [m.stride for m in layers] == [1, 2, 1, 2, 1, 1, 1, 2]
-    aa = SASAResNet(26, base_channels=16, spatial_layer='aa',
-                    attention_cfg=dict(heads=4, dk=8, relative=False))
+    aa = SASAResNet(26, base_channels=16, attention_cfg=dict(type='AA', heads=4, dk=8,
+                                                             relative=False))
     aa_layers = [m for m in aa.modules() if isinstance(m, AAConv2d)]
     assert len(aa_layers) == 8 and all(m.kernel_size == 3 and m.dk == 8 and not m.relative
                                        for m in aa_layers)
     assert aa.layer1[0].conv2.dv == 4  # default upsilon 0.1 of 16 channels, rounded to heads
+
+
+@pytest.mark.parametrize('depth, stages', [(26, (False, True, False, True)),
+                                           (18, (True, False, True, False))])
+def test_blocks_build_each_attention_layer_once_in_exactly_the_marked_stages(
+        monkeypatch, depth, stages):
+    """No 3x3 convolution is built in an attention stage (not even to be replaced), and every
+    3x3 position of the marked stages, and only those, holds an attention layer."""
+    built = []
+    conv_init = nn.Conv2d.__init__
+
+    def recording_init(self, in_channels, out_channels, kernel_size, *args, **kwargs):
+        built.append(kernel_size)
+        conv_init(self, in_channels, out_channels, kernel_size, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Conv2d, '__init__', recording_init)
+    model = SASAResNet(depth, stem='attention', stage_with_attention=stages, **TINY)
+    spatial = ('conv1', 'conv2') if depth == 18 else ('conv2',)  # basic block: both 3x3
+    convs_3x3 = 0
+    for i, with_attention in enumerate(stages):
+        for block in getattr(model, f'layer{i + 1}'):
+            for name in spatial:
+                assert isinstance(getattr(block, name), LocalSelfAttention2d) == with_attention
+                convs_3x3 += not with_attention
+    assert built.count(3) == convs_3x3
+
+
+def test_attention_stem_fills_resnets_stem_slots():
+    """SASAResNet keeps ResNet's forward and _freeze_stages: the attention stem is ResNet's
+    `stem` (run before an identity `maxpool`), and its state-dict keys stay stem.*."""
+    assert SASAResNet.forward is ResNet.forward
+    assert SASAResNet._freeze_stages is ResNet._freeze_stages
+    model = SASAResNet(26, stem='attention', **TINY)
+    assert isinstance(model.stem, SpatiallyAwareStem) and isinstance(model.maxpool, nn.Identity)
+    assert not hasattr(model, 'conv1')
+    assert {k.split('.')[0] for k in model.state_dict()} == {'stem', 'layer1', 'layer2',
+                                                              'layer3', 'layer4'}
+
+
+def test_state_dict_keys_of_attention_layers_are_the_projections_and_tables():
+    """Checkpoints written before the pools became modules keep loading: a strided attention
+    layer has the same keys as a stride-1 one (pools have no state)."""
+    model = SASAResNet(26, **TINY)
+    keys = {k for k in model.state_dict() if '.conv2.' in k}
+    assert keys == {f'layer{i}.{j}.conv2.{name}' for i, blocks in enumerate((1, 2, 4, 1), 1)
+                    for j in range(blocks) for name in ('qkv.weight', 'rel_row', 'rel_col')}
+    assert model.layer2[0].conv2.stride == 2
+
+
+def test_attention_cfg_without_type_is_read_as_sasa_with_a_warning():
+    with pytest.warns(FutureWarning, match=r"write attention_cfg=dict\(type='SASA', heads=4\)"):
+        model = SASAResNet(26, base_channels=16, attention_cfg=dict(heads=4))
+    assert isinstance(model.layer1[0].conv2, LocalSelfAttention2d)
+    assert model.layer1[0].conv2.heads == 4 and model.layer1[0].conv2.kernel_size == 7
 
 
 def test_with_cp_gives_same_gradients_and_keeps_fewer_activations():
@@ -234,11 +287,13 @@ def test_built_from_mmdet_registry_with_syncbn_style_norm_cfg():
     (dict(num_stages=3, strides=(1, 2, 2), dilations=(1, 1, 1), out_indices=(0,)),
      'stage_with_attention must have num_stages'),
     (dict(stem='deep'), r"stem must be one of \('conv', 'attention'\), got 'deep'"),
-    (dict(spatial_layer='conv'), r"spatial_layer must be one of \('sasa', 'aa'\)"),
+    (dict(spatial_layer='aa'), r"write attention_cfg=dict\(type='AA', ...\)"),
+    (dict(attention_cfg='SASA'), r"attention_cfg must be a dict such as dict\(type='SASA'"),
     (dict(stem='attention', deep_stem=True), 'deep_stem'),
-    (dict(dcn=dict(type='DCN'), stage_with_dcn=(False, True, False, False)),
-     r'stages \[1\] have both attention and dcn'),
-    (dict(attention_cfg=dict(kernel_size=4)), 'kernel_size'),
+    (dict(attention_cfg=dict(type='SASA', kernel_size=4)), 'kernel_size'),
+    (dict(conv_cfg=dict(type='Conv2d')), 'conv_cfg must be None with attention stages'),
+    (dict(dcn=dict(type='DCN'), stage_with_dcn=(False, False, False, True)),
+     'dcn and attention both replace the 3x3 convolutions'),
 ])
 def test_bad_arguments_raise_value_error(kwargs, match):
     args = dict(depth=26, base_channels=16)

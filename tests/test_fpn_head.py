@@ -9,12 +9,12 @@ from mmengine.structures import InstanceData
 from torch import nn
 
 import sasa_det  # noqa: F401  (registers SASAFPN, SASARetinaHead, conv type 'SASA')
-from sasa_det.layers import LocalSelfAttention2d
+from sasa_det.layers import AAConv2d, LocalSelfAttention2d
 
 C = 32        # FPN / head width (256 in the configs; small here for CPU time)
 HEADS = 4
 K = 7
-ATTENTION = dict(kernel_size=K, heads=HEADS)
+ATTENTION = dict(type='SASA', kernel_size=K, heads=HEADS)
 
 
 def sasa_params(c_in: int, c_out: int) -> int:
@@ -100,7 +100,37 @@ def test_fpn_rejects_non_dict_attention_cfg():
 
 def test_fpn_layer_arguments_are_validated_by_the_layer():
     with pytest.raises(ValueError, match='kernel_size'):
-        MODELS.build(dict(fpn_cfg('SASAFPN'), attention_cfg=dict(kernel_size=4, heads=HEADS)))
+        MODELS.build(dict(fpn_cfg('SASAFPN'),
+                          attention_cfg=dict(type='SASA', kernel_size=4, heads=HEADS)))
+
+
+def test_fpn_attention_type_aa_builds_attention_augmented_convolutions():
+    fpn = MODELS.build(dict(fpn_cfg('SASAFPN'), attention_cfg=dict(type='AA', heads=4)))
+    assert all(isinstance(m.conv, AAConv2d) and m.conv.kernel_size == 3 for m in fpn.fpn_convs)
+    assert [m.conv.stride for m in fpn.fpn_convs] == [1, 1, 1, 2, 2]
+    outs = fpn(backbone_features(size=40))
+    assert [o.shape[-1] for o in outs] == [5, 3, 2, 1, 1]
+
+
+@pytest.mark.parametrize('component', ['neck', 'head'])
+def test_attention_cfg_without_type_is_read_as_sasa_with_a_warning(component):
+    """The earlier schema (SASA arguments only) still builds, and the warning says what to
+    write instead."""
+    old = dict(kernel_size=3, heads=HEADS)
+    cfg = (dict(fpn_cfg('SASAFPN'), attention_cfg=old) if component == 'neck'
+           else head_cfg(attention_cfg=old))
+    with pytest.warns(FutureWarning, match=r"write attention_cfg=dict\(type='SASA', "
+                                           r"kernel_size=3, heads=4\)"):
+        model = MODELS.build(cfg)
+    layers = [m for m in model.modules() if isinstance(m, LocalSelfAttention2d)]
+    assert layers and all(m.kernel_size == 3 for m in layers)
+
+
+def test_fpn_norm_cfg_puts_a_norm_after_every_attention_layer():
+    fpn = MODELS.build(dict(fpn_cfg('SASAFPN'), norm_cfg=dict(type='GN', num_groups=4)))
+    for module in fpn.fpn_convs:
+        assert isinstance(module.norm, nn.GroupNorm) and module.conv.bias is None
+    sum(o.sum() for o in fpn(backbone_features(size=36))).backward()
 
 
 # ---------------------------------------------------------------------------- SASARetinaHead
@@ -162,7 +192,7 @@ def test_head_output_shapes(head_mixing):
 def test_head_init_draws_value_weights_from_n0_001_and_keeps_the_class_prior():
     """W_V ~ N(0, 0.01) after init_weights; W_Q keeps the layer's fan-in init; cls bias prior."""
     head = MODELS.build(head_cfg(feat_channels=256, in_channels=256,
-                                 attention_cfg=dict(kernel_size=K, heads=8)))
+                                 attention_cfg=dict(type='SASA', kernel_size=K, heads=8)))
     head.init_weights()
     for subnet in (head.cls_convs, head.reg_convs):
         mixing = subnet[-1].conv  # the 1x1 layer: a Conv2d, RetinaNet's N(0, 0.01) like the rest
@@ -176,6 +206,19 @@ def test_head_init_draws_value_weights_from_n0_001_and_keeps_the_class_prior():
     prior_bias = -math.log((1 - 0.01) / 0.01)
     torch.testing.assert_close(head.retina_cls.bias, torch.full_like(head.retina_cls.bias,
                                                                       prior_bias))
+
+
+@pytest.mark.parametrize('norm_cfg', [dict(type='GN', num_groups=8), dict(type='BN')])
+def test_head_with_a_norm_keeps_the_fan_in_value_init(norm_cfg):
+    """With a norm after each attention layer, W_V is not shrunk to N(0, 0.01): it keeps the
+    layer's fan-in N(0, 1/C_in), and the norm follows every attention and mixing layer."""
+    head = MODELS.build(head_cfg(feat_channels=256, in_channels=256, norm_cfg=norm_cfg,
+                                 attention_cfg=dict(type='SASA', kernel_size=K, heads=8)))
+    head.init_weights()
+    for subnet in (head.cls_convs, head.reg_convs):
+        assert all(module.norm is not None for module in subnet)
+        for module in subnet[:-1]:
+            assert abs(module.conv.value_weight.std().item() - 256 ** -0.5) < 0.003
 
 
 def test_head_loss_is_finite_and_trains_every_parameter():

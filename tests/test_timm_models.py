@@ -73,7 +73,7 @@ def test_round_trip_timm_checkpoint_to_mmdet_backbone(tmp_path, name):
     init_cfg (prefix 'body.') and through the converter -> identical features."""
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, base_channels=16,
-                              attention_cfg=dict(heads=4))
+                              attention_cfg=dict(type='SASA', heads=4))
     model.train()
     for _ in range(2):  # non-trivial BN running statistics
         model(torch.randn(2, 3, 40, 40))
@@ -81,10 +81,11 @@ def test_round_trip_timm_checkpoint_to_mmdet_backbone(tmp_path, name):
     torch.save({'epoch': 3, 'arch': name, 'state_dict': model.state_dict()}, path)
 
     stem = 'attention' if name.endswith('attnstem') else 'conv'
-    backbone = SASAResNet(26, stem=stem, base_channels=16, attention_cfg=dict(heads=4),
+    attention = dict(type='SASA', heads=4)
+    backbone = SASAResNet(26, stem=stem, base_channels=16, attention_cfg=attention,
                           init_cfg=dict(type='Pretrained', checkpoint=str(path), prefix='body.'))
     backbone.init_weights()
-    converted = SASAResNet(26, stem=stem, base_channels=16, attention_cfg=dict(heads=4))
+    converted = SASAResNet(26, stem=stem, base_channels=16, attention_cfg=attention)
     converted.load_state_dict(timm_to_mmdet_state_dict(torch.load(path)), strict=True)
 
     model.eval()
@@ -105,7 +106,7 @@ def test_converter_strips_ddp_prefix_and_head():
 
 def test_grad_checkpointing_switch_and_training_mode_bn():
     model = SASAResNetClassifier(26, num_classes=3, base_channels=16,
-                                 attention_cfg=dict(heads=4))
+                                 attention_cfg=dict(type='SASA', heads=4))
     assert not model.body.norm_eval  # classification trains BN statistics
     model.set_grad_checkpointing(True)
     assert all(block.with_cp for stage in (model.body.layer1, model.body.layer4)
@@ -123,8 +124,8 @@ def test_mmdet_backbone_works_without_timm():
             "import torch, sasa_det, sasa_det.timm_models\n"
             "from sasa_det.models.backbones import SASAResNet\n"
             "assert sasa_det.timm_models.timm is None  # the guard, not an error\n"
-            "out = SASAResNet(26, base_channels=8, attention_cfg=dict(heads=4)).eval()("
-            "torch.randn(1, 3, 16, 16))\n"
+            "out = SASAResNet(26, base_channels=8, attention_cfg=dict(type='SASA', heads=4))"
+            ".eval()(torch.randn(1, 3, 16, 16))\n"
             "assert out[-1].shape == (1, 256, 1, 1)\n")
     result = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                             timeout=300)

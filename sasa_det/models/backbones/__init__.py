@@ -1,4 +1,4 @@
 """mmdet registrations: backbones."""
-from .sasa_resnet import SASABasicBlock, SASABottleneck, SASAResNet
+from .sasa_resnet import SASABasicBlock, SASAResNet
 
-__all__ = ['SASAResNet', 'SASABottleneck', 'SASABasicBlock']
+__all__ = ['SASAResNet', 'SASABasicBlock']

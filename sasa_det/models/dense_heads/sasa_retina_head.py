@@ -1,4 +1,5 @@
-"""Attention RetinaNet head: SASA layers in the class and box subnets, pointwise head mixing."""
+"""Attention RetinaNet head: attention layers in the class and box subnets, pointwise head
+mixing."""
 import torch
 from mmcv.cnn import ConvModule
 from mmdet.models.dense_heads import RetinaHead
@@ -12,12 +13,12 @@ HEAD_MIXING = ('predictor', 'extra')
 
 @MODELS.register_module()
 class SASARetinaHead(RetinaHead):
-    """RetinaNet head (Lin et al. 2017) whose subnet 3x3 convolutions are SASA layers.
+    """RetinaNet head (Lin et al. 2017) whose subnet 3x3 convolutions are attention layers.
 
-    Each of the class and box subnets is ``stacked_convs`` SASA layers (``feat_channels`` = 256
-    outputs, ReLU, optional norm) followed by a pointwise convolution, which mixes the attention
-    heads: each SASA output channel sees the values of one head only. As in RetinaNet, the same
-    modules run on every pyramid level (weights shared across levels).
+    Each of the class and box subnets is ``stacked_convs`` attention layers (``feat_channels`` =
+    256 outputs, ReLU, optional norm) followed by a pointwise convolution, which mixes the
+    attention heads: each SASA output channel sees the values of one head only. As in RetinaNet,
+    the same modules run on every pyramid level (weights shared across levels).
 
     The paper says a pointwise convolution ends each subnet but not whether it replaces the 3x3
     class/box predictors or comes in front of them. ``head_mixing`` chooses:
@@ -31,15 +32,20 @@ class SASARetinaHead(RetinaHead):
     parameters, 39% fewer FLOPs than the convolutional RetinaNet): with an attention R-50, FPN
     and head at 640 x 640, 'extra' gives 37% / 34% fewer, 'predictor' 42% / 49% fewer.
 
-    Initialisation: W_V of every SASA layer is drawn from N(0, 0.01), as RetinaNet draws its subnet
-    convolutions; W_Q, W_K and the relative tables keep the layer's own initialisation. The
-    predictors keep RetinaNet's (N(0, 0.01), class bias from the prior 0.01).
+    Initialisation: without a norm (``norm_cfg=None``, RetinaNet's head) W_V of every SASA layer
+    is drawn from N(0, 0.01), as RetinaNet draws its subnet convolutions; with a norm after each
+    layer, W_V keeps the layer's fan-in init, N(0, 1/C_in), since the norm sets the scale and a
+    0.01 W_V would only shrink the gradients reaching W_Q and W_K. W_Q, W_K and the relative
+    tables always keep the layer's own initialisation. The predictors keep RetinaNet's
+    (N(0, 0.01), class bias from the prior 0.01).
 
     Args:
-        attention_cfg: arguments of :class:`sasa_det.layers.LocalSelfAttention2d` (conv type
-            'SASA'), e.g. ``dict(kernel_size=7, heads=8)``.
+        attention_cfg: the attention layer as a conv cfg, ``dict(type='SASA', kernel_size=7,
+            heads=8)`` (the default; :class:`sasa_det.layers.LocalSelfAttention2d`) or
+            ``dict(type='AA', ...)`` (:class:`sasa_det.layers.AAConv2d`).
         head_mixing: 'predictor' or 'extra', see above.
-        **kwargs: mmdet ``RetinaHead`` arguments except ``conv_cfg`` (set from attention_cfg).
+        **kwargs: mmdet ``RetinaHead`` arguments except ``conv_cfg`` (set from attention_cfg);
+            ``norm_cfg`` puts a norm after every attention layer and the mixing layer.
 
     Shape:
         Per level, x (N, in_channels, H, W) -> cls_score (N, A * num_classes, H, W),
@@ -47,7 +53,7 @@ class SASARetinaHead(RetinaHead):
     """
 
     def __init__(self, num_classes: int, in_channels: int,
-                 attention_cfg: dict = dict(kernel_size=7, heads=8),
+                 attention_cfg: dict = dict(type='SASA', kernel_size=7, heads=8),
                  head_mixing: str = 'extra', **kwargs) -> None:
         if head_mixing not in HEAD_MIXING:
             raise ValueError(f'head_mixing must be one of {HEAD_MIXING}, got {head_mixing!r}')
@@ -55,7 +61,7 @@ class SASARetinaHead(RetinaHead):
             raise ValueError(f"conv_cfg is set from attention_cfg in SASARetinaHead, "
                              f"got conv_cfg={kwargs['conv_cfg']!r}")
         kwargs.pop('conv_cfg', None)
-        self.attention_kernel_size, conv_cfg = attention_conv_cfg(attention_cfg, 'attention_cfg')
+        self.attention_kernel_size, conv_cfg = attention_conv_cfg(attention_cfg)
         self.head_mixing = head_mixing
         super().__init__(num_classes, in_channels, conv_cfg=conv_cfg, **kwargs)
 
@@ -72,7 +78,7 @@ class SASARetinaHead(RetinaHead):
                                     predictor_kernel, padding=predictor_kernel // 2)
 
     def _subnet(self) -> nn.ModuleList:
-        """``stacked_convs`` SASA layers, then the 1x1 head-mixing layer if head_mixing='extra'."""
+        """``stacked_convs`` attention layers, then the 1x1 mixing layer if head_mixing='extra'."""
         layers = nn.ModuleList()
         in_channels = self.in_channels
         for _ in range(self.stacked_convs):
@@ -86,8 +92,8 @@ class SASARetinaHead(RetinaHead):
     def init_weights(self) -> None:
         first_call = not self._is_init  # mmengine initialises a module once
         super().init_weights()  # RetinaHead's init_cfg (Normal on Conv2d, class prior)
-        if not first_call:
-            return
+        if not first_call or self.norm_cfg is not None:
+            return  # with a norm after each layer, W_V keeps the layer's fan-in init
         with torch.no_grad():
             for subnet in (self.cls_convs, self.reg_convs):
                 for layer in subnet:
