@@ -55,8 +55,8 @@ def test_sasa_count_does_not_depend_on_the_kernel(padding_mode):
                                      implementation=implementation)
         try:
             counts[implementation] = complexity(layer, (1, 8, 4, 4))['macs']
-        except RuntimeError:  # the C++ kernel is not built here
-            assert implementation == 'cpu_kernel'
+        except (RuntimeError, ValueError):  # a kernel not built here or not for CPU tensors
+            assert implementation not in ('auto', 'sliced', 'reference')
     assert {'reference', 'sliced', 'auto'} <= set(counts)
     assert set(counts.values()) == {16 * 8 * 48 + 16 * 16 * 81 + 16 * 16 * 9 + 16 * 16 * 81}
 
