@@ -37,11 +37,13 @@ def make_inputs(b, h, w, heads, d, kernel_size, has_k=True, has_rel=True, dtype=
     return q, k, v, row, col, rand(heads, kernel_size, kernel_size)
 
 
-def values_and_grads(fn, inputs, kernel_size, padding_mode, seed=1, grad_dtype=None):
+def values_and_grads(fn, inputs, kernel_size, padding_mode, seed=1, grad_dtype=None,
+                     query_stride=1):
     """[output, *input gradients] for a random output gradient, which is first rounded to
     grad_dtype if given (so that two runs in different dtypes get the same one)."""
     q, k, v, row, col, *bias = inputs
-    out = fn(q, k, v, kernel_size, row, col, padding_mode, *bias)
+    out = fn(q, k, v, kernel_size, row, col, padding_mode, position_bias=bias[0] if bias else None,
+             query_stride=query_stride)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
                            dtype=torch.float64).to(grad_dtype or out.dtype).to(out.dtype)
     leaves = [t for t in inputs if t is not None]
@@ -211,21 +213,85 @@ def test_kernel_position_bias_gradcheck(kernel):
                                     fast_mode=True)
 
 
-def test_strided_queries_take_the_sliced_path(kernel, monkeypatch):
-    """supports() is False for query_stride > 1, so 'auto' runs the sliced path (and gives the
-    reference's result) and 'cpu_kernel' refuses the call."""
+def make_strided_inputs(b, h, w, heads, d, kernel_size, stride, has_k, has_rel, dtype=torch.float64,
+                        seed=0):
+    """(q, k, v, row, col, bias) with keys and values on the (h, w) grid and queries and relative
+    logits on the (ceil(h / stride), ceil(w / stride)) grid."""
+    gen = torch.Generator().manual_seed(seed)
+    ho, wo = -(-h // stride), -(-w // stride)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype).requires_grad_()
+
+    q = rand(b, ho, wo, heads, d)
+    k = rand(b, h, w, heads, d) if has_k else None
+    v = rand(b, h, w, heads, d)
+    row = rand(b, ho, wo, heads, kernel_size) if has_rel else None
+    col = rand(b, ho, wo, heads, kernel_size) if has_rel else None
+    return q, k, v, row, col, rand(heads, kernel_size, kernel_size)
+
+
+# (B, H, W, heads, d, k, stride): even and odd sizes, k > H and W, query rows past one SIMD
+# vector, stride 3 and a stride larger than the map.
+STRIDED_SHAPES = [(1, 5, 7, 2, 4, 3, 2), (2, 6, 19, 2, 4, 5, 2), (1, 3, 4, 2, 4, 7, 2),
+                  (1, 7, 20, 1, 2, 3, 3), (1, 2, 3, 1, 2, 5, 4), (2, 9, 35, 2, 4, 7, 2)]
+
+
+@pytest.mark.parametrize('shape', STRIDED_SHAPES, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('has_k,has_rel', [(True, True), (False, True), (True, False)],
+                         ids=['content+rel', 'rel-only', 'content-only'])
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+def test_kernel_strided_queries_match_reference_float64(kernel, shape, has_k, has_rel,
+                                                        padding_mode):
+    """Queries at (s*i, s*j) over full-resolution keys, with a position bias: values and all
+    gradients equal the reference to float64 round-off."""
+    *dims, kernel_size, stride = shape
+    inputs = make_strided_inputs(*dims, kernel_size, stride, has_k, has_rel)
+    expected = values_and_grads(local_attention_2d_reference, inputs, kernel_size, padding_mode,
+                                query_stride=stride)
+    actual = values_and_grads(kernel.local_attention_2d_cpu, inputs, kernel_size, padding_mode,
+                              query_stride=stride)
+    for a, e in zip(actual, expected):
+        assert (a is None) == (e is None)
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_strided_gradcheck(kernel):
+    """Strided queries: the analytic backward matches finite differences (float64)."""
+    inputs = make_strided_inputs(1, 5, 6, 2, 2, 3, 2, True, True)
+
+    def fn(q, k, v, row, col, bias):
+        return kernel.local_attention_2d_cpu(q, k, v, 3, row, col, 'zeros', bias, 2)
+
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16], ids=['bf16', 'fp16'])
+def test_kernel_strided_half_types_match_float64_reference(kernel, dtype):
+    """Strided queries with 16-bit inputs: within one rounding of the float64 reference."""
+    inputs = [t.detach().to(dtype).requires_grad_()
+              for t in make_strided_inputs(2, 9, 35, 2, 8, 7, 2, True, True)]
+    inputs64 = [t.detach().double().requires_grad_() for t in inputs]
+    expected = values_and_grads(local_attention_2d_reference, inputs64, 7, 'mask',
+                                grad_dtype=dtype, query_stride=2)
+    actual = values_and_grads(kernel.local_attention_2d_cpu, inputs, 7, 'mask', query_stride=2)
+    for a, e in zip(actual, expected):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.double(), e, **HALF_TOLERANCE[dtype])
+
+
+def test_dispatcher_uses_kernel_for_strided_queries(kernel, monkeypatch):
+    """implementation='auto' runs the kernel for strided queries."""
     calls = []
     original = kernel.local_attention_2d_cpu
     monkeypatch.setattr(kernel, 'local_attention_2d_cpu',
-                        lambda *args: calls.append(args) or original(*args))
-    _, k, v, _, _ = make_inputs(1, 5, 6, 2, 4, 3)
-    q = torch.randn(1, 3, 3, 2, 4, dtype=torch.float64)
-    assert not kernel.supports(q, k, v, 3, query_stride=2)
-    out = local_attention_2d(q, k, v, 3, query_stride=2)
-    torch.testing.assert_close(out, local_attention_2d_reference(q, k, v, 3, query_stride=2))
-    assert calls == []
-    with pytest.raises(RuntimeError, match='does not support this call'):
-        local_attention_2d(q, k, v, 3, implementation='cpu_kernel', query_stride=2)
+                        lambda *args: calls.append(args[-1]) or original(*args))
+    q, k, v, row, col, bias = make_strided_inputs(1, 6, 5, 2, 4, 3, 2, True, True)
+    out = local_attention_2d(q, k, v, 3, row, col, 'mask', 'auto', bias, 2)
+    torch.testing.assert_close(out, local_attention_2d_reference(q, k, v, 3, row, col, 'mask',
+                                                                 bias, 2))
+    assert calls == [2]
 
 
 def test_layer_with_kernel_matches_reference_layer(kernel):

@@ -7,9 +7,9 @@ first use in a fresh environment pays the ~1 minute build. Where no compiler is 
 build fails, :func:`is_available` is False, one warning is issued, and the dispatcher falls back to
 the pure-PyTorch sliced path. Set ``SASA_DET_DISABLE_CPU_KERNEL=1`` to skip the kernel entirely.
 
-Same contract as :func:`sasa_det.ops.local_attention_2d_reference` for ``query_stride=1``;
-:func:`supports` says which calls it takes, and the dispatcher sends the others to the sliced
-path. Inputs may be float64, float32, float16 or bfloat16: the kernel computes in float64 for
+Same contract as :func:`sasa_det.ops.local_attention_2d_reference` (position bias and strided
+queries included); :func:`supports` says which calls it takes, and the dispatcher sends the others
+to the sliced path. Inputs may be float64, float32, float16 or bfloat16: the kernel computes in float64 for
 float64 and in float32 otherwise (16-bit inputs are converted as they are read, results rounded
 as they are written). Forward saves q, k, v and the attention weights (in the compute type).
 """
@@ -73,9 +73,9 @@ def supports(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
              row_logits: Optional[Tensor] = None, col_logits: Optional[Tensor] = None,
              padding_mode: str = 'mask', position_bias: Optional[Tensor] = None,
              query_stride: int = 1) -> bool:
-    """True for the calls of the op (same arguments) the kernel computes: CPU tensors of a
-    floating type above, query_stride 1 (strided queries take the sliced path)."""
-    return q.device.type == 'cpu' and q.dtype in _SUPPORTED_DTYPES and query_stride == 1
+    """True for the calls of the op (same arguments) the kernel computes: CPU tensors of
+    float64, float32, float16 or bfloat16."""
+    return q.device.type == 'cpu' and q.dtype in _SUPPORTED_DTYPES
 
 
 class _CpuLocalAttention(torch.autograd.Function):
@@ -83,11 +83,11 @@ class _CpuLocalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Optional[Tensor], v: Tensor, row_logits: Optional[Tensor],
                 col_logits: Optional[Tensor], position_bias: Optional[Tensor], kernel_size: int,
-                mask: bool) -> Tensor:
+                query_stride: int, mask: bool) -> Tensor:
         out, attn = _extension.forward(q, k, v, row_logits, col_logits, position_bias,
-                                       kernel_size, mask)
+                                       kernel_size, query_stride, mask)
         ctx.save_for_backward(q, k, v, attn)
-        ctx.kernel_size = kernel_size
+        ctx.kernel_size, ctx.query_stride = kernel_size, query_stride
         # The kernel returns these gradients in its compute type; autograd wants the inputs'.
         ctx.dtypes = tuple(None if t is None else t.dtype
                            for t in (row_logits, col_logits, position_bias))
@@ -98,10 +98,11 @@ class _CpuLocalAttention(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         q, k, v, attn = ctx.saved_tensors
         d_q, d_k, d_v, *d_logits = _extension.backward(
-            grad_out, q, k, v, attn, ctx.kernel_size, *(t is not None for t in ctx.dtypes))
+            grad_out, q, k, v, attn, ctx.kernel_size, ctx.query_stride,
+            *(t is not None for t in ctx.dtypes))
         d_row, d_col, d_bias = (None if t is None else d.to(t)
                                 for d, t in zip(d_logits, ctx.dtypes))
-        return d_q, d_k, d_v, d_row, d_col, d_bias, None, None
+        return d_q, d_k, d_v, d_row, d_col, d_bias, None, None, None
 
 
 def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
@@ -110,7 +111,7 @@ def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_siz
                            padding_mode: str = 'mask',
                            position_bias: Optional[Tensor] = None,
                            query_stride: int = 1) -> Tensor:
-    """Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; CPU, query_stride 1.
+    """Same contract as :func:`sasa_det.ops.local_attention_2d_reference`; CPU tensors.
 
     k and v are brought to q's dtype, the output has it; the relative logits and the position
     bias are read in any floating type. q, k, v may have any strides, e.g. slices of one fused
@@ -120,10 +121,8 @@ def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_siz
         raise RuntimeError('the C++ CPU kernel of sasa_det is not available here')
     check_arguments(q, k, v, kernel_size, row_logits, col_logits, padding_mode, position_bias,
                     query_stride)
-    if query_stride != 1:
-        raise ValueError(f'the C++ CPU kernel supports query_stride=1 only, got {query_stride!r}')
     if q.dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f'the C++ CPU kernel supports dtypes {_SUPPORTED_DTYPES}, got {q.dtype}')
     k = None if k is None else k.to(q.dtype)
     return _CpuLocalAttention.apply(q, k, v.to(q.dtype), row_logits, col_logits, position_bias,
-                                    kernel_size, padding_mode == 'mask')
+                                    kernel_size, query_stride, padding_mode == 'mask')
