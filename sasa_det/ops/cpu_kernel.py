@@ -8,10 +8,11 @@ build fails, :func:`is_available` is False, one warning is issued, and the dispa
 the pure-PyTorch sliced path. Set ``SASA_DET_DISABLE_CPU_KERNEL=1`` to skip the kernel entirely.
 
 Same contract as :func:`sasa_det.ops.local_attention_2d_reference` (position bias and strided
-queries included); :func:`supports` says which calls it takes, and the dispatcher sends the others
-to the sliced path. Inputs may be float64, float32, float16 or bfloat16: the kernel computes in float64 for
-float64 and in float32 otherwise (16-bit inputs are converted as they are read, results rounded
-as they are written). Forward saves q, k, v and the attention weights (in the compute type).
+queries included); :func:`supports` says which calls it takes, and the dispatcher sends the
+others to the sliced path. Inputs may be float64, float32, float16 or bfloat16: the kernel
+computes in float64 for float64 and in float32 otherwise (16-bit inputs are converted as they
+are read, results rounded as they are written). Forward saves q, k, v and the attention weights
+(in the compute type).
 """
 import os
 import platform
