@@ -7,9 +7,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _benchmark(*args, check=True):
+    return subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark.py'), *args],
+                          capture_output=True, text=True, timeout=600, check=check)
+
+
 def test_quick_benchmark_prints_times_memory_and_ratios():
-    out = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark.py'), '--quick'],
-                         capture_output=True, text=True, timeout=600, check=True).stdout
+    out = _benchmark('--quick').stdout
     assert re.search(r'machine: .*threads, load average', out)
     header = next(line for line in out.splitlines() if line.strip().startswith('C x H'))
     for column in ('conv ms', 'unfold ms', 'ours ms', 'sliced ms', 'ours/conv', 'unfold/ours',
@@ -18,3 +22,24 @@ def test_quick_benchmark_prints_times_memory_and_ratios():
     row = next(line for line in out.splitlines() if line.strip().startswith('32 x 14'))
     numbers = [float(v) for v in re.findall(r'(\d+\.\d+)', row)]
     assert len(numbers) == 4 * 2 + 4 and all(v > 0 for v in numbers)  # ms+MiB per method, ratios
+
+
+def test_long_table_gives_forward_and_training_times_per_dtype_and_method():
+    """The layout --device cuda prints, here on CPU: one line per dtype, shape and method with
+    forward ms, forward+backward ms, peak MiB and the ratio to conv; bf16 runs under autocast."""
+    out = _benchmark('--quick', '--table', 'long', '--dtype', 'float32,bfloat16',
+                     '--methods', 'conv,sliced').stdout
+    assert 'float32, batch 2' in out and 'bfloat16 autocast, batch 2' in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith('32x14x14')]
+    assert [row[1] for row in rows] == ['conv', 'sliced'] * 2
+    for row in rows:
+        numbers = [float(v.rstrip('x')) for v in row[2:]]
+        assert len(numbers) == 4 and all(v > 0 for v in numbers)
+    assert all(row[-1] == '1.00x' for row in rows if row[1] == 'conv')
+
+
+def test_gpu_only_methods_and_unknown_dtypes_are_refused_by_name():
+    result = _benchmark('--quick', '--methods', 'conv,triton', check=False)
+    assert result.returncode == 2 and 'method triton needs --device cuda' in result.stderr
+    result = _benchmark('--quick', '--dtype', 'float64', check=False)
+    assert result.returncode == 2 and "unknown --dtype ['float64']" in result.stderr

@@ -1,28 +1,43 @@
-"""Speed and peak memory of SASA layers against the 3x3 convolution they replace (CPU, fp32).
+"""Speed and peak memory of SASA layers against the 3x3 convolution they replace (CPU or CUDA).
 
-For each ResNet-50 stage shape (C, H = W), forward + backward (input and parameter gradients) of
-    conv     nn.Conv2d(C, C, 3, padding=1, bias=False), the layer SASA replaces
-    unfold   LocalSelfAttention2d(..., implementation='reference'): the full layer with the
-             unfold op (a k*k*C copy of K and V per pixel, as most public SASA code does)
-    ours     LocalSelfAttention2d(..., implementation='auto'): the fused C++ kernel on CPU
-    sliced   LocalSelfAttention2d(..., implementation='sliced'): the pure-PyTorch fallback
-all measured side by side in one run, in interleaved order, on the same input.
+For each layer shape C x H (x W), on the same input, methods measured side by side in interleaved
+order (so that load drifts hit all alike):
+    conv             nn.Conv2d(C, C, 3, padding=1, bias=False), the layer SASA replaces
+    unfold           LocalSelfAttention2d(..., implementation='reference'): the unfold op (a
+                     k*k*C copy of K and V per pixel, as most public SASA code does)
+    ours             implementation='auto': the fused C++ kernel on CPU, Triton on CUDA
+    sliced           implementation='sliced': the pure-PyTorch loop over the k*k offsets
+    triton           implementation='triton' (CUDA only)
+    sliced_compiled  the sliced layer under torch.compile (compilation happens in the warm-up)
 
-Time: median of --repeats runs after --warmup runs. Peak memory: the largest amount of memory
-live in PyTorch's CPU allocator during one forward + backward, above what was live before it
-(inputs and weights excluded; activations, saved tensors and gradients included), from the
-allocation and free events of torch.profiler(profile_memory=True). Scratch memory that a library
-manages itself (oneDNN's convolution workspace, the kernel's per-thread row buffers of
-k*k*W floats) is not seen by that allocator.
+Time: median of --repeats runs after --warmup runs, of forward + backward (input and parameter
+gradients) and, with --device cuda, of the forward alone under no_grad. Peak memory of one
+forward + backward, above what was live before it (inputs and weights excluded; activations,
+saved tensors and gradients included): on CPU from torch.profiler's allocation events (scratch
+memory that a library manages itself, like oneDNN's workspace, is not seen), on CUDA from
+torch.cuda.max_memory_allocated.
 
-    python tools/benchmark.py                 # the issue-3 table
-    python tools/benchmark.py --quick         # smoke test: one small shape, few repeats
+--dtype bfloat16 or float16 runs under torch.autocast(device, dtype), as --amp training does:
+convolutions and projections run in that dtype and the attention op receives it.
+
+--detector times whole training steps (forward, backward, SGD step) of the conv and the SASA
+RetinaNet configs at 640 x 640 and 1333 x 800 instead; that needs mmdet (and, on CUDA, an mmcv
+built with CUDA ops for mmdet's focal loss). The layer benchmark needs PyTorch only.
+
+    python tools/benchmark.py                            # CPU, fp32: the ResNet-50 stage shapes
+    python tools/benchmark.py --dtype bfloat16           # the same under bf16 autocast
+    python tools/benchmark.py --device cuda              # GPU: fp32 and bf16, + COCO stage 1
+    python tools/benchmark.py --device cuda --detector   # GPU: RetinaNet training steps
+    python tools/benchmark.py --quick                    # smoke test: one small shape
 """
 import argparse
+import contextlib
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # keep the profiler's own log off the table
 
@@ -31,45 +46,82 @@ from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from sasa_det.layers import LocalSelfAttention2d  # noqa: E402
-from sasa_det.ops import cpu_kernel  # noqa: E402
 
-STAGES = ((64, 56), (128, 28), (256, 14), (512, 7))
-METHODS = ('conv', 'unfold', 'ours', 'sliced')
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ('64x56', '128x28', '256x14', '512x7')  # ResNet-50's 3x3 convs at a 224 x 224 input
+COCO_STAGE1 = '64x200x336'  # stage 1 (stride 4) of a 1333 x 800 COCO input
+METHODS = ('conv', 'unfold', 'ours', 'sliced', 'triton', 'sliced_compiled')
+DEFAULT_METHODS = {'cpu': 'conv,unfold,ours,sliced', 'cuda': 'conv,sliced,triton,sliced_compiled'}
+DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
+DETECTOR_CONFIGS = ('retinanet_r50.py', 'retinanet_sasa_r50.py')
+DETECTOR_SIZES = ((640, 640), (800, 1333))  # (H, W)
 
 
 def build(method: str, channels: int, kernel_size: int, heads: int) -> nn.Module:
     if method == 'conv':
         return nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-    implementation = {'unfold': 'reference', 'ours': 'auto', 'sliced': 'sliced'}[method]
-    return LocalSelfAttention2d(channels, channels, kernel_size, heads=heads,
-                                implementation=implementation)
+    implementation = {'unfold': 'reference', 'ours': 'auto', 'sliced': 'sliced',
+                      'triton': 'triton', 'sliced_compiled': 'sliced'}[method]
+    layer = LocalSelfAttention2d(channels, channels, kernel_size, heads=heads,
+                                 implementation=implementation)
+    return torch.compile(layer) if method == 'sliced_compiled' else layer
 
 
-def step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
-    """One forward + backward; gradients are dropped so that each step allocates them anew."""
+def autocast(device: str, dtype: torch.dtype):
+    """torch.autocast for bfloat16/float16, nothing for float32."""
+    if dtype == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=dtype)
+
+
+def synchronize(device: str) -> None:
+    if device == 'cuda':
+        torch.cuda.synchronize()
+
+
+def step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype,
+         backward: bool = True) -> None:
+    """One forward (+ backward); gradients are dropped so that each step allocates them anew."""
+    if not backward:
+        with torch.no_grad(), autocast(x.device.type, dtype):
+            layer(x)
+        return
     layer.zero_grad(set_to_none=True)
     x.grad = None
-    layer(x).backward(grad)
+    with autocast(x.device.type, dtype):
+        y = layer(x)
+    y.backward(grad.to(y.dtype))
 
 
-def median_ms(layers, x, grad, warmup: int, repeats: int):
+def median_ms(layers, x, grad, dtype, warmup: int, repeats: int, backward: bool = True):
     """Median wall time per method; methods are interleaved so that load drifts hit all alike."""
+    device = x.device.type
     for _ in range(warmup):
         for layer in layers.values():
-            step(layer, x, grad)
+            step(layer, x, grad, dtype, backward)
     times = {name: [] for name in layers}
     for _ in range(repeats):
         for name, layer in layers.items():
+            synchronize(device)
             start = time.perf_counter()
-            step(layer, x, grad)
+            step(layer, x, grad, dtype, backward)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def peak_mib(layer, x, grad) -> float:
-    """Peak of the running sum of allocations minus frees during one step, in MiB."""
+def peak_mib(layer, x, grad, dtype) -> float:
+    """Peak live memory above the start during one forward + backward, in MiB."""
+    if x.device.type == 'cuda':
+        synchronize('cuda')
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step(layer, x, grad, dtype)
+        synchronize('cuda')
+        return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
+    # CPU: the running sum of the profiler's allocation and free events.
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(layer, x, grad)
+        step(layer, x, grad, dtype)
     events = [e for e in prof.profiler.kineto_results.events()
               if e.name() == '[memory]' and str(e.device_type()).endswith('CPU')]
     live = peak = 0
@@ -79,66 +131,79 @@ def peak_mib(layer, x, grad) -> float:
     return peak / 2 ** 20
 
 
-def cpu_name() -> str:
+def machine(device: str) -> str:
+    if device == 'cuda':
+        name = torch.cuda.get_device_name()
+        try:
+            import triton
+            extra = f', triton {triton.__version__}'
+        except ImportError:
+            extra = ', triton not installed'
+        return f'{name}, torch {torch.__version__} (CUDA {torch.version.cuda}){extra}'
+    cpu = platform.processor() or platform.machine()
     try:
         with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith('model name'):
-                    return line.split(':', 1)[1].strip()
+            cpu = next((line.split(':', 1)[1].strip() for line in f
+                        if line.startswith('model name')), cpu)
     except OSError:
         pass
-    return platform.processor() or platform.machine()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--stages', default=','.join(f'{c}x{h}' for c, h in STAGES),
-                        help='comma-separated CxH shapes, e.g. 64x56,128x28')
-    parser.add_argument('--batch', type=int, default=2)
-    parser.add_argument('--kernel-size', type=int, default=7)
-    parser.add_argument('--heads', type=int, default=8)
-    parser.add_argument('--warmup', type=int, default=3)
-    parser.add_argument('--repeats', type=int, default=10)
-    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
-    parser.add_argument('--methods', default=','.join(METHODS),
-                        help=f'comma-separated subset of {METHODS}')
-    parser.add_argument('--no-memory', action='store_true', help='skip the profiler pass')
-    parser.add_argument('--quick', action='store_true',
-                        help='smoke test: one small shape, 1 warm-up, 2 repeats')
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    stages = [tuple(int(v) for v in s.split('x')) for s in args.stages.split(',')]
-    if args.quick:
-        stages, args.warmup, args.repeats = [(32, 14)], 1, 2
-    methods = [m for m in args.methods.split(',') if m]
-    unknown = set(methods) - set(METHODS)
-    if unknown:
-        parser.error(f'unknown methods {sorted(unknown)}; allowed: {METHODS}')
-
-    kernel = 'fused C++ kernel' if cpu_kernel.is_available() else 'C++ kernel UNAVAILABLE -> sliced'
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    print(f'machine: {cpu_name()}, torch {torch.__version__}, '
-          f'{torch.get_num_threads()} threads, load average {load:.2f}; ours = {kernel}')
-    print(f'forward+backward, fp32, batch {args.batch}, k={args.kernel_size}, '
-          f'{args.heads} heads; median of {args.repeats} after {args.warmup} warm-up')
-    print('peak = max live bytes in the PyTorch CPU allocator during one step, above the '
-          'inputs and weights (torch.profiler memory events)\n')
+    return (f'{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
+            f'load average {load:.2f}')
 
-    header = f"{'C x H':>9} | " + ' | '.join(f'{m + " ms":>10} {m + " MiB":>10}' for m in methods)
+
+def parse_shape(text: str):
+    """'CxH' (square) or 'CxHxW' -> (C, H, W)."""
+    sizes = [int(v) for v in text.split('x')]
+    if len(sizes) not in (2, 3) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f'shapes are CxH or CxHxW, got {text!r}')
+    return (sizes[0], sizes[1], sizes[-1])
+
+
+def layer_inputs(shape, batch: int, device: str):
+    channels, height, width = shape
+    x = torch.randn(batch, channels, height, width, device=device, requires_grad=True)
+    return x, torch.randn(batch, channels, height, width, device=device)
+
+
+def auto_implementation(device: str, methods) -> str:
+    """'; ours = <what implementation='auto' runs here>' when 'ours' is measured, else ''."""
+    if 'ours' not in methods:
+        return ''
+    return f'; ours = {_auto(device)}'
+
+
+def _auto(device: str) -> str:
+    if device == 'cuda':
+        from sasa_det.ops.local_attention import _triton
+        return 'Triton kernel' if _triton() is not None else 'Triton UNAVAILABLE -> sliced'
+    from sasa_det.ops import cpu_kernel
+    return 'fused C++ kernel' if cpu_kernel.is_available() else 'C++ kernel UNAVAILABLE -> sliced'
+
+
+def wide_table(args, device: str, dtype_name: str) -> None:
+    """One row per shape: forward+backward ms and peak MiB per method, and their ratios."""
+    dtype = DTYPES[dtype_name]
+    print(f'machine: {machine(device)}{auto_implementation(device, args.methods)}')
+    print(f'forward+backward, {dtype_name}{" autocast" if dtype != torch.float32 else ""}, '
+          f'batch {args.batch}, k={args.kernel_size}, {args.heads} heads; median of '
+          f'{args.repeats} after {args.warmup} warm-up')
+    print('peak = max live bytes in the PyTorch allocator during one step, above the inputs and '
+          'weights (CPU: torch.profiler memory events)\n')
+    methods = args.methods
     ratios = [r for r, need in (('ours/conv', {'ours', 'conv'}), ('unfold/ours', {'unfold', 'ours'}),
                                 ('sliced/conv', {'sliced', 'conv'}),
                                 ('mem unfold/ours', {'unfold', 'ours'})) if need <= set(methods)]
+    header = f"{'C x H':>9} | " + ' | '.join(f'{m + " ms":>10} {m + " MiB":>10}' for m in methods)
     print(header + (' | ' + ' '.join(f'{r:>15}' for r in ratios) if ratios else ''))
-    torch.manual_seed(0)
-    for channels, size in stages:
-        x = torch.randn(args.batch, channels, size, size, requires_grad=True)
-        grad = torch.randn(args.batch, channels, size, size)
-        layers = {m: build(m, channels, args.kernel_size, args.heads) for m in methods}
-        ms = median_ms(layers, x, grad, args.warmup, args.repeats)
+    for shape in args.stages:
+        x, grad = layer_inputs(shape, args.batch, device)
+        layers = {m: build(m, shape[0], args.kernel_size, args.heads).to(device) for m in methods}
+        ms = median_ms(layers, x, grad, dtype, args.warmup, args.repeats)
         mib = ({m: float('nan') for m in methods} if args.no_memory
-               else {m: peak_mib(layer, x, grad) for m, layer in layers.items()})
-        row = f'{channels:>4} x {size:<2} | ' + ' | '.join(
+               else {m: peak_mib(layer, x, grad, dtype) for m, layer in layers.items()})
+        size = f'{shape[1]}' if shape[1] == shape[2] else f'{shape[1]}x{shape[2]}'
+        row = f'{shape[0]:>4} x {size:<2} | ' + ' | '.join(
             f'{ms[m]:>10.1f} {mib[m]:>10.1f}' for m in methods)
         values = {'ours/conv': lambda: ms['ours'] / ms['conv'],
                   'unfold/ours': lambda: ms['unfold'] / ms['ours'],
@@ -147,6 +212,161 @@ def main() -> None:
         if ratios:
             row += ' | ' + ' '.join(f'{values[r]():>14.2f}x' for r in ratios)
         print(row, flush=True)
+
+
+def long_table(args, device: str, dtype_name: str) -> None:
+    """One line per shape and method: forward ms, forward+backward ms, peak MiB, x conv."""
+    dtype = DTYPES[dtype_name]
+    print(f'\n{dtype_name}{" autocast" if dtype != torch.float32 else ""}, batch {args.batch}, '
+          f'k={args.kernel_size}, {args.heads} heads; median of {args.repeats} after '
+          f'{args.warmup} warm-up; peak = max allocated above the start of one fwd+bwd step')
+    print(f"{'C x H x W':>14} {'method':>16} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} "
+          f"{'fwd+bwd / conv':>15}")
+    for shape in args.stages:
+        x, grad = layer_inputs(shape, args.batch, device)
+        layers = {m: build(m, shape[0], args.kernel_size, args.heads).to(device)
+                  for m in args.methods}
+        train = median_ms(layers, x, grad, dtype, args.warmup, args.repeats)
+        infer = median_ms(layers, x, grad, dtype, args.warmup, args.repeats, backward=False)
+        for method, layer in layers.items():
+            mib = float('nan') if args.no_memory else peak_mib(layer, x, grad, dtype)
+            ratio = train[method] / train['conv'] if 'conv' in train else float('nan')
+            print(f"{'x'.join(map(str, shape)):>14} {method:>16} {infer[method]:>9.2f} "
+                  f"{train[method]:>11.2f} {mib:>9.1f} {ratio:>14.2f}x", flush=True)
+
+
+def detector_steps(args, device: str, dtype_name: str) -> None:
+    """Median training-step time and peak memory of whole RetinaNets (needs mmdet)."""
+    try:
+        import mmdet  # noqa: F401
+    except ImportError:
+        sys.exit('--detector needs mmdet (and mmengine, mmcv); the layer benchmark does not')
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.structures import InstanceData
+    import sasa_det  # noqa: F401  (registers the SASA models)
+    register_all_modules()
+    dtype = DTYPES[dtype_name]
+    sizes = [(64, 96)] if args.quick else DETECTOR_SIZES
+
+    def batch(height, width):
+        images = torch.randn(args.batch, 3, height, width, device=device)
+        samples = []
+        for _ in range(args.batch):
+            sample = DetDataSample(metainfo=dict(img_shape=(height, width),
+                                                 pad_shape=(height, width),
+                                                 batch_input_shape=(height, width),
+                                                 scale_factor=(1.0, 1.0)))
+            corner = torch.rand(4, 2, device=device) * torch.tensor([width, height],
+                                                                     device=device) * 0.5
+            boxes = torch.cat([corner, corner + torch.tensor([width, height], device=device) / 3], 1)
+            sample.gt_instances = InstanceData(bboxes=boxes,
+                                               labels=torch.randint(0, 80, (4,), device=device))
+            samples.append(sample)
+        return images, samples
+
+    print(f'\nwhole-detector training step (forward, backward, SGD step), batch {args.batch}, '
+          f'{dtype_name}{" autocast" if dtype != torch.float32 else ""}; median of '
+          f'{args.repeats} after {args.warmup} warm-up')
+    print(f"{'config':>26} {'H x W':>11} {'step ms':>9} {'peak MiB':>9}")
+    for name in args.detector_configs:
+        model = MODELS.build(Config.fromfile(ROOT / 'configs' / name).model).to(device).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+        for height, width in sizes:
+            images, samples = batch(height, width)
+
+            def train_step():
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(device, dtype):
+                    losses = model.loss(images, samples)
+                sum(v if torch.is_tensor(v) else sum(v) for v in losses.values()).backward()
+                optimizer.step()
+
+            for _ in range(args.warmup):
+                train_step()
+            times = []
+            if device == 'cuda':
+                torch.cuda.reset_peak_memory_stats()
+            for _ in range(args.repeats):
+                synchronize(device)
+                start = time.perf_counter()
+                train_step()
+                synchronize(device)
+                times.append(time.perf_counter() - start)
+            peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == 'cuda' else float('nan')
+            print(f'{name:>26} {height:>5}x{width:<5} {1e3 * statistics.median(times):>9.1f} '
+                  f'{peak:>9.1f}', flush=True)
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
+    parser.add_argument('--dtype', default=None,
+                        help=f'comma-separated subset of {tuple(DTYPES)}; default float32 on '
+                             'CPU, float32,bfloat16 on CUDA')
+    parser.add_argument('--stages', default=None,
+                        help='comma-separated CxH or CxHxW shapes; default the ResNet-50 stages '
+                             f'{",".join(STAGES)} (CUDA: and COCO stage 1, {COCO_STAGE1})')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--kernel-size', type=int, default=7)
+    parser.add_argument('--heads', type=int, default=8)
+    parser.add_argument('--warmup', type=int, default=3)
+    parser.add_argument('--repeats', type=int, default=10)
+    parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')
+    parser.add_argument('--methods', default=None,
+                        help=f'comma-separated subset of {METHODS}; default '
+                             f'{DEFAULT_METHODS["cpu"]} on CPU, {DEFAULT_METHODS["cuda"]} on CUDA')
+    parser.add_argument('--table', choices=('wide', 'long'), default=None,
+                        help='wide (CPU default): fwd+bwd per method in columns; long (CUDA '
+                             'default): a line per method with forward and fwd+bwd times')
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
+    parser.add_argument('--detector', action='store_true',
+                        help=f'time RetinaNet training steps ({", ".join(DETECTOR_CONFIGS)}) '
+                             'at 640x640 and 1333x800 instead (needs mmdet)')
+    parser.add_argument('--detector-configs', default=','.join(DETECTOR_CONFIGS),
+                        help='comma-separated config files under configs/')
+    parser.add_argument('--quick', action='store_true',
+                        help='smoke test: one small shape, 1 warm-up, 2 repeats')
+    args = parser.parse_args()
+    device = args.device
+    if device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: torch.cuda.is_available() is False here')
+    args.dtypes = (args.dtype or ('float32,bfloat16' if device == 'cuda' else 'float32')).split(',')
+    bad = [d for d in args.dtypes if d not in DTYPES]
+    if bad:
+        parser.error(f'unknown --dtype {bad}; allowed: {tuple(DTYPES)}')
+    args.methods = [m for m in (args.methods or DEFAULT_METHODS[device]).split(',') if m]
+    unknown = set(args.methods) - set(METHODS)
+    if unknown:
+        parser.error(f'unknown methods {sorted(unknown)}; allowed: {METHODS}')
+    if device == 'cpu' and 'triton' in args.methods:
+        parser.error('method triton needs --device cuda')
+    stages = args.stages or ','.join(STAGES + ((COCO_STAGE1,) if device == 'cuda' else ()))
+    args.stages = [parse_shape(s) for s in stages.split(',')]
+    args.detector_configs = args.detector_configs.split(',')
+    args.table = args.table or ('long' if device == 'cuda' else 'wide')
+    if args.quick:
+        args.stages, args.warmup, args.repeats = [(32, 14, 14)], 1, 2
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    if args.table == 'long' or args.detector:
+        print(f'machine: {machine(args.device)}'
+              f'{auto_implementation(args.device, args.methods)}')
+    for dtype_name in args.dtypes:
+        if args.detector:
+            detector_steps(args, args.device, dtype_name)
+        elif args.table == 'long':
+            long_table(args, args.device, dtype_name)
+        else:
+            wide_table(args, args.device, dtype_name)
 
 
 if __name__ == '__main__':
