@@ -4,7 +4,9 @@
 # Idempotent: a second run on a ready machine only checks and exits. The slow step is mmcv 2.1.0,
 # which has no wheel for torch 2.14 on PyPI: it is compiled from its sdist (with ops, about 20-30
 # minutes on 2 cores) once, and the wheel is cached in $SASA_DET_CACHE (default
-# ~/.cache/sasa-det) for every later run and every other clone on this machine.
+# ~/.cache/sasa-det) for every later run and every other clone on this machine. mmcv's CUDA ops
+# are built too when torch sees a GPU and nvcc is on PATH (the cache folder then ends in
+# -cuda<version>); otherwise its ops are CPU-only and the script says what that rules out.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -14,7 +16,6 @@ PYTHON="${PYTHON:-python3.11}"
 TORCH_VERSION=2.14.1
 TORCHVISION_VERSION=0.29.1
 MMCV_VERSION=2.1.0
-MMCV_WHEELS="$CACHE/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cp311"
 STEP="starting"
 START=$(date +%s)
 
@@ -41,8 +42,24 @@ if ! "$PY" -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.s
     pip_q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION"
 fi
 
-step "mmcv $MMCV_VERSION with ops"
-if "$PY" -c "import mmcv, mmcv.ops, sys; sys.exit(mmcv.__version__ != '$MMCV_VERSION')" 2>/dev/null; then
+step "mmcv $MMCV_VERSION with ops: CPU only, or CPU and CUDA?"
+# CUDA ops need a GPU that torch sees (to know the arch) and nvcc (to compile them).
+missing=""
+"$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
+    || missing="a CUDA GPU visible to torch"
+command -v nvcc >/dev/null || missing="${missing:+$missing and }nvcc (the CUDA compiler) on PATH"
+if [ -z "$missing" ]; then
+    MMCV_CUDA=$("$PY" -c "import torch; print(torch.version.cuda)")
+    say "building mmcv's CUDA ops for CUDA $MMCV_CUDA with $(nvcc --version | tail -n 1)"
+else
+    MMCV_CUDA=""
+    say "mmcv gets CPU ops only; missing: $missing. Everything runs on CPU, but on CUDA" \
+        "tensors mmcv's ops stop with 'implementation for device cuda:0 not found': NMS at" \
+        "test time and RetinaNet's sigmoid focal loss in training. sasa_det's own attention" \
+        "ops (C++ on CPU, Triton on CUDA) do not use mmcv."
+fi
+MMCV_WHEELS="$CACHE/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cp311${MMCV_CUDA:+-cuda$MMCV_CUDA}"
+if "$PY" -c "import mmcv, mmcv.ops, sys; from mmcv.ops import get_compiling_cuda_version as v; sys.exit(mmcv.__version__ != '$MMCV_VERSION' or ('$MMCV_CUDA' != '' and v() == 'not available'))" 2>/dev/null; then
     say "mmcv $MMCV_VERSION already installed"
 else
     wheel=$(ls "$MMCV_WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
@@ -60,7 +77,8 @@ else
         say "compiler log: $log (progress below is ninja's [done/total] count)"
         # ninja prints "[i/n] ..." per object file (indented by pip -v): show the count every
         # 20 seconds when it moved.
-        (cd "$src" && MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
+        (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=$([ -n "$MMCV_CUDA" ] && echo 1 || echo 0) \
+            MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
             "$PY" -m pip wheel -v --no-deps --no-build-isolation -w "$build/dist" . >"$log" 2>&1) &
         pid=$!
         last=""
@@ -103,8 +121,10 @@ fi
 step "check: versions and that mmcv's compiled ops load"
 "$PY" - <<'PY'
 import mmcv, mmcv.ops, mmdet, mmengine, timm, torch, torchvision
-print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__}, "
-      f"mmengine {mmengine.__version__}, mmdet {mmdet.__version__}, timm {timm.__version__}")
+from mmcv.ops import get_compiling_cuda_version
+print(f"torch {torch.__version__}, torchvision {torchvision.__version__}, mmcv {mmcv.__version__} "
+      f"(ops for CUDA: {get_compiling_cuda_version()}), mmengine {mmengine.__version__}, "
+      f"mmdet {mmdet.__version__}, timm {timm.__version__}")
 PY
 step "sasa_det's fused C++ CPU attention kernel (compiled once, then cached by torch)"
 # Built here so that the first training run does not stop for it; where it cannot be built,
