@@ -1,7 +1,7 @@
 """The Triton kernels without a GPU: correct in Triton's interpreter, compilable for the GPUs, and
 traceable by torch.compile's machinery on the compiled (GPU) path.
 
-The interpreter cases (tests/triton_interpreter_cases.py) need ``TRITON_INTERPRET=1`` from before
+The interpreter cases (tests/triton_cases.py) need ``TRITON_INTERPRET=1`` from before
 the kernels are imported, so they run in a child process; this process imports them compiled.
 """
 import os
@@ -28,10 +28,10 @@ FLOAT32_POINTERS = {'lse_ptr', 'delta_ptr', 'dbias_ptr'}  # always float32, what
 
 def test_interpreter_cases_pass_in_a_fresh_process():
     """Values and gradients against the reference, dtypes, determinism, opcheck, torch.compile:
-    see tests/triton_interpreter_cases.py (its output is shown on failure)."""
+    see tests/triton_cases.py (its output is shown on failure)."""
     env = {**os.environ, 'TRITON_INTERPRET': '1', 'OMP_NUM_THREADS': '1'}
     result = subprocess.run(
-        [sys.executable, '-m', 'pytest', str(ROOT / 'tests' / 'triton_interpreter_cases.py'),
+        [sys.executable, '-m', 'pytest', str(ROOT / 'tests' / 'triton_cases.py'),
          '-q', '-p', 'no:cacheprovider'], cwd=ROOT, env=env, capture_output=True, text=True,
         timeout=900)
     assert result.returncode == 0, result.stdout[-10000:] + result.stderr[-3000:]

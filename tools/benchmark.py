@@ -191,7 +191,8 @@ def wide_table(args, device: str, dtype_name: str) -> None:
     print('peak = max live bytes in the PyTorch allocator during one step, above the inputs and '
           'weights (CPU: torch.profiler memory events)\n')
     methods = args.methods
-    ratios = [r for r, need in (('ours/conv', {'ours', 'conv'}), ('unfold/ours', {'unfold', 'ours'}),
+    ratios = [r for r, need in (('ours/conv', {'ours', 'conv'}),
+                                ('unfold/ours', {'unfold', 'ours'}),
                                 ('sliced/conv', {'sliced', 'conv'}),
                                 ('mem unfold/ours', {'unfold', 'ours'})) if need <= set(methods)]
     header = f"{'C x H':>9} | " + ' | '.join(f'{m + " ms":>10} {m + " MiB":>10}' for m in methods)
@@ -259,9 +260,9 @@ def detector_steps(args, device: str, dtype_name: str) -> None:
                                                  pad_shape=(height, width),
                                                  batch_input_shape=(height, width),
                                                  scale_factor=(1.0, 1.0)))
-            corner = torch.rand(4, 2, device=device) * torch.tensor([width, height],
-                                                                     device=device) * 0.5
-            boxes = torch.cat([corner, corner + torch.tensor([width, height], device=device) / 3], 1)
+            size = torch.tensor([width, height], device=device, dtype=torch.float32)
+            corner = torch.rand(4, 2, device=device) * size / 2
+            boxes = torch.cat([corner, corner + size / 3], 1)  # (x1, y1, x2, y2) inside the image
             sample.gt_instances = InstanceData(bboxes=boxes,
                                                labels=torch.randint(0, 80, (4,), device=device))
             samples.append(sample)

@@ -9,7 +9,8 @@ Notation as in :func:`sasa_det.ops.local_attention_weights_reference`: query (i,
 Forward (one program per block of queries of one image and head): an online softmax over the
 k*k offsets keeps a running maximum m, a running sum l and an unnormalised output,
 
-    m' = max(m, logit),  l' = l e^(m - m') + e^(logit - m'),  acc' = acc e^(m - m') + e^(logit - m') v_ac
+    m' = max(m, logit),  l' = l e^(m - m') + e^(logit - m'),
+    acc' = acc e^(m - m') + e^(logit - m') v_ac
 
 so it stores only y = acc / l and the log-sum-exp lse = m + log l per query and head, not the
 (B, Ho, Wo, heads, k*k) weights. The backward recomputes p_uw = exp(logit_uw - lse) and, with

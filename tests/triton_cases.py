@@ -1,10 +1,12 @@
-"""The Triton kernels, run on CPU tensors in Triton's interpreter, against the unfold reference.
+"""The Triton kernels against the unfold reference: on CPU in Triton's interpreter, or on a GPU.
 
-Run by tests/test_triton_kernel.py in a child process with ``TRITON_INTERPRET=1``: Triton reads
-that variable when ``@triton.jit`` decorates the kernels (import time) and again while they run,
-so it cannot share a process with code that imported the kernels compiled. To run it directly:
+On CPU, tests/test_triton_kernel.py runs this module in a child process with
+``TRITON_INTERPRET=1``: Triton reads that variable when ``@triton.jit`` decorates the kernels
+(import time) and again while they run, so it cannot share a process with code that imported the
+kernels compiled. Without the variable the module needs a CUDA GPU and runs every case there:
 
-    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/triton_interpreter_cases.py -q
+    TRITON_INTERPRET=1 .venv/bin/python -m pytest tests/triton_cases.py -q   # CPU, interpreter
+    python -m pytest tests/triton_cases.py -q                                 # a CUDA machine
 
 Checked here: values and every gradient against the float64 reference (max abs error <= 1e-5 for
 float32 inputs) over every case of the op's contract, float16/bfloat16 inputs, bitwise identical
@@ -17,16 +19,19 @@ import os
 import pytest
 import torch
 
-if os.environ.get('TRITON_INTERPRET') != '1':
-    raise RuntimeError('run this module with TRITON_INTERPRET=1 set before Python starts '
-                       '(tests/test_triton_kernel.py does)')
+from sasa_det.layers import LocalSelfAttention2d
+from sasa_det.ops import local_attention_2d, local_attention_2d_reference, triton_op
 
-from sasa_det.layers import LocalSelfAttention2d  # noqa: E402
-from sasa_det.ops import local_attention_2d, local_attention_2d_reference  # noqa: E402
-from sasa_det.ops import triton_op  # noqa: E402
-
-if not triton_op.INTERPRETED:
-    raise RuntimeError('sasa_det.ops.triton_op was imported before TRITON_INTERPRET=1 was set')
+if os.environ.get('TRITON_INTERPRET') == '1':
+    if not triton_op.INTERPRETED:
+        raise RuntimeError('sasa_det.ops.triton_op was imported before TRITON_INTERPRET=1 was set')
+    DEVICE = 'cpu'
+elif torch.cuda.is_available():
+    DEVICE = 'cuda'
+else:
+    raise RuntimeError('tests/triton_cases.py needs TRITON_INTERPRET=1 (set before Python '
+                       'starts) or a CUDA GPU; tests/test_triton_kernel.py runs it in the '
+                       'interpreter')
 
 TOLERANCE = 1e-5  # max abs error of float32 inputs against the float64 reference
 
@@ -38,7 +43,8 @@ def _inputs(b, h, w, heads, d, k, keys=True, rel=True, bias=False, stride=1, val
     ho, wo = -(-h // stride), -(-w // stride)
 
     def rand(*shape):
-        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_()
+        x = torch.randn(*shape, generator=g, dtype=torch.float64)
+        return x.to(DEVICE).requires_grad_()
 
     q = rand(b, ho, wo, heads, d)
     key = rand(b, h, w, heads, d) if keys else None
@@ -85,7 +91,7 @@ LOGIT_TERMS = [  # (keys, relative logits, position bias)
 def _compare(inputs, kernel_size, padding_mode, stride=1):
     grad_out_shape = (*inputs[0].shape[:4], inputs[2].shape[-1])
     grad_out = torch.randn(grad_out_shape, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(1))
+                           generator=torch.Generator().manual_seed(1)).to(DEVICE)
     expected, expected_grads = _run(local_attention_2d_reference, inputs, kernel_size,
                                     padding_mode, stride, grad_out)
     actual, grads = _run(_triton, inputs, kernel_size, padding_mode, stride, grad_out,
@@ -138,7 +144,7 @@ def test_half_precision_inputs_lose_only_a_few_roundings(dtype, tolerance):
     tensor's largest element."""
     inputs = [None if t is None else t.detach().to(dtype).double().requires_grad_()
               for t in _inputs(1, 4, 5, 2, 8, 3, bias=True)]
-    grad_out = torch.randn(1, 4, 5, 2, 8).to(dtype)
+    grad_out = torch.randn(1, 4, 5, 2, 8, device=DEVICE).to(dtype)
     expected, expected_grads = _run(local_attention_2d_reference, inputs, 3, 'mask', 1,
                                     grad_out.double())
     actual, grads = _run(_triton, inputs, 3, 'mask', 1, grad_out, dtype)
@@ -162,7 +168,7 @@ def test_half_precision_logits_are_summed_in_float32(dtype):
 
 def test_two_backward_passes_are_bitwise_identical():
     inputs = _inputs(2, 5, 6, 2, 3, 3, bias=True)
-    grad_out = torch.randn(2, 5, 6, 2, 3)
+    grad_out = torch.randn(2, 5, 6, 2, 3, device=DEVICE)
     _, first = _run(_triton, inputs, 3, 'mask', 1, grad_out, torch.float32)
     _, second = _run(_triton, inputs, 3, 'mask', 1, grad_out, torch.float32)
     assert all(torch.equal(a, b) for a, b in zip(first, second))
@@ -190,9 +196,11 @@ def test_the_operators_pass_opcheck(keys, rel, bias, mask, stride):
 def test_a_sasa_layer_compiles_without_graph_breaks():
     """torch.compile(fullgraph=True) fails on any graph break; outputs and gradients match the
     uncompiled layer."""
-    layer = LocalSelfAttention2d(8, 8, kernel_size=3, heads=2, implementation='triton')
-    x = torch.randn(2, 8, 5, 6, requires_grad=True)
-    compiled = torch.compile(layer, fullgraph=True, backend='aot_eager')
+    layer = LocalSelfAttention2d(8, 8, kernel_size=3, heads=2, implementation='triton').to(DEVICE)
+    x = torch.randn(2, 8, 5, 6, device=DEVICE, requires_grad=True)
+    # On a GPU, Inductor sees into the triton_ops; interpreted kernels stay opaque calls.
+    backend = 'inductor' if DEVICE == 'cuda' else 'aot_eager'
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
     expected = layer(x)
     expected_grads = torch.autograd.grad(expected.square().sum(), [x, *layer.parameters()])
     actual = compiled(x)
