@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 from mmengine.config import Config

@@ -119,4 +119,5 @@ def test_control_a_patch_is_detected(tmp_path):
     """Control: replacing one mmengine method after the snapshot is reported by name."""
     patch = ('from mmengine.fileio.backends import local_backend\n'
              'local_backend.LocalBackend.put = lambda self, obj, path: None')
-    assert changed_by(patch, tmp_path) == ['mmengine.fileio.backends.local_backend.LocalBackend.put']
+    assert changed_by(patch, tmp_path) == [
+        'mmengine.fileio.backends.local_backend.LocalBackend.put']

@@ -42,7 +42,8 @@ class CocoAnnotationError(ValueError):
 
 
 def load_coco_json(ann_file: str) -> object:
-    """The parsed content of ``ann_file``; :class:`CocoAnnotationError` if unreadable or not JSON."""
+    """The parsed content of ``ann_file``; :class:`CocoAnnotationError` if unreadable or not
+    JSON."""
     try:
         with open(ann_file, 'rb') as f:
             raw = f.read()
