@@ -67,6 +67,26 @@ def _positional_logit(logit, row_u, col_ptrs, c_sk, bias_ptr, p_sn, p_su, p_sw, 
 
 
 @triton.jit
+def _window_logit(q, k_base, a, c, inside, d, head_dim, k_sh, k_sw, k_sd, row_u, col_ptrs, c_sk,
+                  bias_ptr, p_sn, p_su, p_sw, n, u, w, lane_ok, MASK: tl.constexpr,
+                  HAS_KEYS: tl.constexpr, HAS_ROW: tl.constexpr, HAS_COL: tl.constexpr,
+                  HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """(logit [BLOCK], key tile [BLOCK, BLOCK_D]) of each query of the block and its neighbour
+    (a, c) at offset (u, w): -inf outside the image under MASK; the key tile is zero without
+    keys (and then unused)."""
+    logit = tl.zeros([BLOCK], tl.float32)
+    key = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    if HAS_KEYS:
+        key = _load_tile(k_base + a * k_sh + c * k_sw, d, k_sd, inside, d < head_dim)
+        logit += tl.sum(q * key, axis=1)
+    logit = _positional_logit(logit, row_u, col_ptrs, c_sk, bias_ptr, p_sn, p_su, p_sw, n, u, w,
+                              lane_ok, HAS_ROW, HAS_COL, HAS_BIAS)
+    if MASK:
+        logit = tl.where(inside, logit, float('-inf'))
+    return logit, key
+
+
+@triton.jit
 def _forward_kernel(
         q_ptr, k_ptr, v_ptr, row_ptr, col_ptr, bias_ptr, out_ptr, lse_ptr,
         q_sb, q_sh, q_sw, q_sn, q_sd, k_sb, k_sh, k_sw, k_sn, k_sd,
@@ -86,6 +106,7 @@ def _forward_kernel(
     v_base = v_ptr + b * v_sb + n * v_sn
     row_ptrs = row_ptr + b * r_sb + i * r_sh + j * r_sw + n * r_sn
     col_ptrs = col_ptr + b * c_sb + i * c_sh + j * c_sw + n * c_sn
+    q = tl.zeros([BLOCK, BLOCK_D], tl.float32)  # read only with keys
     if HAS_KEYS:
         q = _load_tile(q_ptr + b * q_sb + i * q_sh + j * q_sw + n * q_sn, d, q_sd, lane_ok,
                        d < head_dim)
@@ -101,14 +122,10 @@ def _forward_kernel(
         for w in range(KERNEL_SIZE):
             c = left + w
             inside = a_ok & (c >= 0) & (c < width)
-            logit = tl.zeros([BLOCK], tl.float32)
-            if HAS_KEYS:
-                key = _load_tile(k_base + a * k_sh + c * k_sw, d, k_sd, inside, d < head_dim)
-                logit += tl.sum(q * key, axis=1)
-            logit = _positional_logit(logit, row_u, col_ptrs, c_sk, bias_ptr, p_sn, p_su, p_sw,
-                                      n, u, w, lane_ok, HAS_ROW, HAS_COL, HAS_BIAS)
-            if MASK:
-                logit = tl.where(inside, logit, float('-inf'))
+            logit, key = _window_logit(q, k_base, a, c, inside, d, head_dim, k_sh, k_sw, k_sd,
+                                       row_u, col_ptrs, c_sk, bias_ptr, p_sn, p_su, p_sw, n, u,
+                                       w, lane_ok, MASK, HAS_KEYS, HAS_ROW, HAS_COL, HAS_BIAS,
+                                       BLOCK, BLOCK_D)
             new_max = tl.maximum(run_max, logit)
             scale = tl.exp(run_max - new_max)
             p = tl.exp(logit - new_max)
@@ -147,6 +164,7 @@ def _backward_query_kernel(
     v_base = v_ptr + b * v_sb + n * v_sn
     row_ptrs = row_ptr + b * r_sb + i * r_sh + j * r_sw + n * r_sn
     col_ptrs = col_ptr + b * c_sb + i * c_sh + j * c_sw + n * c_sn
+    q = tl.zeros([BLOCK, BLOCK_D], tl.float32)  # read only with keys
     if HAS_KEYS:
         q = _load_tile(q_ptr + b * q_sb + i * q_sh + j * q_sw + n * q_sn, d, q_sd, lane_ok,
                        d < head_dim)
@@ -174,14 +192,10 @@ def _backward_query_kernel(
         for w in range(KERNEL_SIZE):
             c = left + w
             inside = a_ok & (c >= 0) & (c < width)
-            logit = tl.zeros([BLOCK], tl.float32)
-            if HAS_KEYS:
-                key = _load_tile(k_base + a * k_sh + c * k_sw, d, k_sd, inside, d < head_dim)
-                logit += tl.sum(q * key, axis=1)
-            logit = _positional_logit(logit, row_u, col_ptrs, c_sk, bias_ptr, p_sn, p_su, p_sw,
-                                      n, u, w, lane_ok, HAS_ROW, HAS_COL, HAS_BIAS)
-            if MASK:
-                logit = tl.where(inside, logit, float('-inf'))
+            logit, key = _window_logit(q, k_base, a, c, inside, d, head_dim, k_sh, k_sw, k_sd,
+                                       row_u, col_ptrs, c_sk, bias_ptr, p_sn, p_su, p_sw, n, u,
+                                       w, lane_ok, MASK, HAS_KEYS, HAS_ROW, HAS_COL, HAS_BIAS,
+                                       BLOCK, BLOCK_D)
             p = tl.where(lane_ok, tl.exp(logit - lse), 0.0)
             value = _load_tile(v_base + a * v_sh + c * v_sw, e, v_sd, inside, e < value_dim)
             ds = p * (tl.sum(grad * value, axis=1) - delta)
