@@ -135,3 +135,13 @@ def test_disabling_triton_by_environment_names_the_variable(monkeypatch):
     q = torch.randn(1, 3, 3, 1, 2)
     with pytest.raises(RuntimeError, match='SASA_DET_DISABLE_TRITON'):
         local_attention_2d(q, q, q, 3, implementation='triton')
+
+
+def test_a_triton_that_failed_to_import_is_named_when_triton_is_asked_for(monkeypatch):
+    """After a failed import (remembered, so it is not retried per call), 'auto' takes the sliced
+    path and an explicit 'triton' says why it cannot run."""
+    monkeypatch.setattr(local_attention, '_triton_error', RuntimeError('no libcuda'))
+    assert local_attention._triton() is None
+    q = torch.randn(1, 3, 3, 1, 2)
+    with pytest.raises(RuntimeError, match="Triton does not import: RuntimeError.'no libcuda'"):
+        local_attention_2d(q, q, q, 3, implementation='triton')

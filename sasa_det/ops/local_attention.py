@@ -1,4 +1,5 @@
 """The public local-attention op: argument checks and the choice of implementation."""
+import warnings
 from typing import Optional
 
 from torch import Tensor
@@ -9,6 +10,7 @@ from .sliced import local_attention_2d_sliced
 __all__ = ['IMPLEMENTATIONS', 'PADDING_MODES', 'local_attention_2d']
 
 IMPLEMENTATIONS = ('auto', 'cpu_kernel', 'triton', 'sliced', 'reference')
+_triton_error = None
 
 
 def _cpu_kernel():
@@ -22,10 +24,20 @@ def _cpu_kernel():
 
 def _triton():
     """The Triton op module, or None where Triton does not import or SASA_DET_DISABLE_TRITON is
-    set. Imported on first use only: CPU-only runs never load Triton."""
+    set. Imported on first use only: CPU-only runs never load Triton. An installed Triton that
+    fails to import (not merely a missing one) is reported once, as a warning."""
+    global _triton_error
+    if _triton_error is not None:
+        return None
     try:
         from . import triton_op
-    except ImportError:
+    except ImportError as err:
+        _triton_error = err
+        return None
+    except Exception as err:  # a broken install: say so once, then use the sliced path
+        _triton_error = err
+        warnings.warn(f'sasa_det: Triton failed to import ({err!r}); CUDA tensors take the '
+                      'slower sliced path.', RuntimeWarning, stacklevel=3)
         return None
     return triton_op if triton_op.is_enabled() else None
 
@@ -61,8 +73,10 @@ def local_attention_2d(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: i
         triton_op = _triton()
         if implementation == 'triton':
             if triton_op is None:
-                raise RuntimeError('the Triton kernel of sasa_det is not available here (Triton '
-                                   'does not import, or SASA_DET_DISABLE_TRITON is set)')
+                reason = (f'Triton does not import: {_triton_error!r}' if _triton_error
+                          else 'SASA_DET_DISABLE_TRITON is set')
+                raise RuntimeError(f'the Triton kernel of sasa_det is not available here '
+                                   f'({reason})')
             return triton_op.local_attention_2d_triton(*args)
         if triton_op is not None and triton_op.supports(*args):
             return triton_op.local_attention_2d_triton(*args)
