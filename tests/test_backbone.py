@@ -186,6 +186,25 @@ def test_attention_cfg_without_type_is_read_as_sasa_with_a_warning():
     assert model.layer1[0].conv2.heads == 4 and model.layer1[0].conv2.kernel_size == 7
 
 
+def test_layer_options_reach_every_attention_layer_and_train():
+    """The opt-in layer options pass through attention_cfg; strided blocks downsample by
+    strided queries and the stage outputs keep their shapes."""
+    options = dict(head_dim=4, position_bias=True, relative_tables='per_head',
+                   downsample='query')
+    model = SASAResNet(26, base_channels=16, norm_eval=False,
+                       attention_cfg=dict(type='SASA', kernel_size=5, **options))
+    layers = [m for m in model.modules() if isinstance(m, LocalSelfAttention2d)]
+    assert len(layers) == 8 and all(m.head_dim == 4 and m.position_bias is not None
+                                    for m in layers)
+    assert [m.query_stride for m in layers] == [1, 2, 1, 2, 1, 1, 1, 2]
+    outs = model(torch.randn(2, 3, 37, 29))
+    assert [tuple(o.shape[1:]) for o in outs] == [(64, 10, 8), (128, 5, 4), (256, 3, 2),
+                                                  (512, 2, 1)]
+    sum(o.square().mean() for o in outs).backward()
+    assert all(m.position_bias.grad is not None and m.rel_row.grad.abs().sum() > 0
+               for m in layers)
+
+
 def test_with_cp_gives_same_gradients_and_keeps_fewer_activations():
     """Checkpointing recomputes each block's activations in backward instead of keeping them:
     only block inputs stay saved, so the activation memory held between forward and backward

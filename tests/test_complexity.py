@@ -45,6 +45,37 @@ def test_sasa_count_on_odd_batched_input():
     assert complexity(layer, (2, 16, 5, 7))['macs'] == macs
 
 
+# The opt-in options on the same layer (16 -> 32 channels, k = 3, 6 x 6 map, P = 36):
+# (options, MACs, params). The paper's layer: 36 * 16 * 96 + 36 * 32 * (9 + 3 + 9) MACs and
+# 3 * 16 * 32 + 2 * 3 * 4 parameters (4 heads, d = 8).
+SASA_OPTION_COUNTS = [
+    # A position bias is an addition to the logits: no multiply-adds, (heads, k, k) parameters.
+    (dict(position_bias=True), 36 * 16 * 96 + 36 * 32 * 21, 1536 + 24 + 4 * 9),
+    # Per-head tables: each query head still meets k row and k column embeddings of d/2.
+    (dict(relative_tables='per_head'), 36 * 16 * 96 + 36 * 32 * 21, 1536 + 4 * 24),
+    # head_dim 16 (2 heads): every term is per channel, so only the tables change (d/2 = 8).
+    (dict(heads=None, head_dim=16), 36 * 16 * 96 + 36 * 32 * 21, 1536 + 2 * 3 * 8),
+    # Stride 2: 'avgpool' attends from all 36 positions, then pools (1 per pooled element);
+    # 'query' projects and attends from the Q = 9 queries at (2i, 2j) only, keys and values at
+    # all 36 positions.
+    (dict(stride=2), 36 * 16 * 96 + 36 * 32 * 21 + 36 * 32, 1536 + 24),
+    (dict(stride=2, downsample='query'), 9 * 16 * 32 + 36 * 16 * 64 + 9 * 32 * 21, 1536 + 24),
+]
+
+
+@pytest.mark.parametrize('options, macs, params', SASA_OPTION_COUNTS)
+def test_sasa_option_count_equals_hand_count(options, macs, params):
+    layer = LocalSelfAttention2d(16, 32, kernel_size=3, **dict(dict(heads=4), **options))
+    assert complexity(layer, (1, 16, 6, 6)) == dict(params=params, macs=macs, flops=2 * macs)
+
+
+def test_query_downsampling_count_on_odd_batched_input():
+    """Batch 2, 5 x 7 map, k = 5, stride 2: Q = 2 * 3 * 4 = 24 queries, P = 70 positions."""
+    layer = LocalSelfAttention2d(16, 32, kernel_size=5, stride=2, heads=4, downsample='query')
+    macs = 24 * 16 * 32 + 70 * 16 * 64 + 24 * 32 * 25 + 24 * 32 * 5 + 24 * 32 * 25
+    assert complexity(layer, (2, 16, 5, 7))['macs'] == macs
+
+
 @pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
 def test_sasa_count_does_not_depend_on_the_kernel(padding_mode):
     """Same count whichever implementation runs, and masked neighbours count (per window

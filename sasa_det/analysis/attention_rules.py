@@ -1,7 +1,9 @@
 """Exact multiply-add counts of the attention layers' own arithmetic, from the shapes in one pass.
 
-Each rule counts what the layer's ``forward`` computes itself; its child modules (the projection
-``nn.Linear``/1x1 convs, norms, pools) are counted by the standard rules like any other module.
+Each rule counts what the layer's ``forward`` computes itself; the child modules it calls (the
+stem's and AA's projections, norms, pools) are counted by the standard rules like any other
+module. The SASA layer applies its projection weight itself (W_Q at the queries only, W_K and
+W_V everywhere), so its rule counts the projections.
 Conventions (those :mod:`sasa_det.analysis.standard_rules` applies to convolutions):
 
 - A dot product of length n is n multiply-adds. Softmax, masking, the logit scale (foldable into
@@ -23,22 +25,30 @@ from .counter import register_module_rule
 
 @register_module_rule(LocalSelfAttention2d)
 def local_self_attention(module: LocalSelfAttention2d, inputs, output) -> int:
-    """SASA layer on x (N, C_in, H, W): P = N*H*W queries, window k, C_out = heads * d.
+    """SASA layer on x (N, C_in, H, W): P = N*H*W positions, Q = N*Ho*Wo queries, (Ho, Wo) =
+    ceil((H, W) / query_stride) (Q = P unless downsample='query'), window k, C_out = heads * d.
 
-    Counted by the children: ``qkv`` (nn.Linear: P * C_in * 3 C_out, 2 C_out with
-    logits='relative') and ``pool`` (the 2x2 average pool of a stride-2 layer). Counted here:
-    - q.k (q.(k + p) or q.p with absolute encodings): P * C_out * k^2 (d per window position
+    Counted by the child ``pool`` (the 2x2 average pool of a stride-2 'avgpool' layer). Counted
+    here:
+    - projections: W_Q at the queries, Q * C_in * C_out; W_K and W_V at every position,
+      P * C_in * 2 C_out (P * C_in * C_out with logits='relative', which has no W_K);
+    - q.k (q.(k + p) or q.p with absolute encodings): Q * C_out * k^2 (d per window position
       and head);
-    - q.r_row and q.r_col: P * heads * (d/2 * k + d/2 * k) = P * C_out * k;
-    - softmax-weighted sum of the values: P * C_out * k^2.
+    - q.r_row and q.r_col: Q * heads * (d/2 * k + d/2 * k) = Q * C_out * k, whether the tables
+      are shared or per head;
+    - softmax-weighted sum of the values: Q * C_out * k^2.
+    The learned position bias is an addition to the logits: not a multiply-add. The number of
+    heads changes no term (each is per channel), only the parameters.
     """
-    n, _, h, w = inputs[0].shape
-    positions, c_out, k = n * h * w, module.out_channels, module.kernel_size
-    macs = positions * c_out * k * k  # softmax-weighted sum of v_ab
+    n, c_in, h, w = inputs[0].shape
+    s, c_out, k = module.query_stride, module.out_channels, module.kernel_size
+    positions, queries = n * h * w, n * -(-h // s) * -(-w // s)
+    macs = queries * c_in * c_out + positions * c_in * c_out * (2 if module.uses_content else 1)
+    macs += queries * c_out * k * k  # softmax-weighted sum of v_ab
     if module.uses_content or module.positional_encoding == 'absolute':
-        macs += positions * c_out * k * k  # q . k_ab
+        macs += queries * c_out * k * k  # q . k_ab
     if module.positional_encoding == 'relative':
-        macs += positions * c_out * k  # q . r_row[u] + q . r_col[w]
+        macs += queries * c_out * k  # q . r_row[u] + q . r_col[w]
     return macs
 
 

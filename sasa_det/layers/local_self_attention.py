@@ -1,22 +1,55 @@
 """SASA layer: local self-attention as a drop-in replacement for a k x k spatial convolution."""
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import local_attention_2d
+from ..ops import local_attention_2d, local_attention_weights_reference
 from ..ops.local_attention import IMPLEMENTATIONS, PADDING_MODES
 from .positional import sinusoidal_2d
 
 POSITIONAL_ENCODINGS = ('relative', 'absolute', 'none')
 LOGITS = ('content+relative', 'relative', 'content')
+RELATIVE_TABLES = ('shared', 'per_head')
+DOWNSAMPLING = ('avgpool', 'query')
+PAPER_HEADS = 8
 
 
 def _check_choice(name: str, value, allowed) -> None:
     if value not in allowed:
         raise ValueError(f'{name} must be one of {tuple(allowed)}, got {value!r}')
+
+
+def _square_kernel_size(kernel_size) -> int:
+    if isinstance(kernel_size, (tuple, list)):
+        if len(set(kernel_size)) != 1:
+            raise ValueError(f'kernel_size must be square, got {kernel_size!r}')
+        kernel_size = kernel_size[0]
+    if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size!r}')
+    return kernel_size
+
+
+def _resolve_heads(out_channels: int, heads: Optional[int], head_dim: Optional[int]) -> int:
+    """The number of heads from ``heads`` and/or ``head_dim`` (C_out = heads * head_dim)."""
+    if head_dim is not None:
+        if not isinstance(head_dim, int) or head_dim < 1 or out_channels % head_dim:
+            raise ValueError(f'head_dim must be a positive divisor of out_channels '
+                             f'({out_channels}), got {head_dim!r}')
+        if heads is not None and heads * head_dim != out_channels:
+            raise ValueError(f'heads={heads!r} and head_dim={head_dim!r} disagree: '
+                             f'out_channels ({out_channels}) / head_dim is '
+                             f'{out_channels // head_dim} heads; give one of them '
+                             f'(heads=None with head_dim)')
+        return out_channels // head_dim
+    heads = PAPER_HEADS if heads is None else heads
+    if not isinstance(heads, int) or heads < 1 or out_channels % heads:
+        raise ValueError(f'out_channels ({out_channels}) must be divisible by heads '
+                         f'({heads!r})')
+    return heads
 
 
 class LocalSelfAttention2d(nn.Module):
@@ -28,11 +61,14 @@ class LocalSelfAttention2d(nn.Module):
     by all heads. Neighbours outside the image are excluded from the softmax
     (``padding_mode='mask'``). A stride of 2 is a 2x2 average pool after stride-1 attention.
 
+    Every option defaults to the paper; the others are opt-in variants from later work.
+
     Args:
-        in_channels, out_channels: C_in and C_out; C_out must divide by ``heads``.
+        in_channels, out_channels: C_in and C_out; C_out must divide by the number of heads.
         kernel_size: window size k (odd, any size; may exceed the feature map).
         stride: 1 or 2.
-        heads: number of attention heads.
+        heads: number of attention heads; None (default) is 8, the paper's, unless ``head_dim``
+            is given.
         positional_encoding: 'relative' (learned row/column tables), 'absolute' (2D sinusoidal
             embedding of the key's position, in place of r) or 'none'.
         logits: 'content+relative' (q.k + q.r), 'relative' (q.r only) or 'content' (q.k only).
@@ -42,6 +78,17 @@ class LocalSelfAttention2d(nn.Module):
             ``head_dim ** -0.5`` for Transformer-style scaling.
         bias: add a learned bias to the output (for ConvModule's bias=True); the paper has none.
         implementation: see :func:`sasa_det.ops.local_attention_2d`.
+        head_dim: channels per head d, so heads = C_out / d (as BoTNet and HaloNet configure
+            their layers); None (default) takes ``heads``. Giving both raises unless they agree.
+        position_bias: add a learned, content-free bias b[head, u, w] per head and window offset
+            to the logits (Swin's and NAT's relative position bias), initialised to zero. The
+            paper has none (False).
+        relative_tables: 'shared' (the paper: one d/2 row and one d/2 column table for all
+            heads) or 'per_head' (each head has its own row and column tables).
+        downsample: how a stride-2 layer downsamples: 'avgpool' (the paper: stride-1
+            attention, then a 2x2 average pool) or 'query' (attention only from the queries at
+            (2i, 2j), each over its k x k window of the full-resolution keys, like a strided
+            convolution with padding k // 2: 4x fewer queries, as HaloNet's strided layers).
         padding, dilation, groups: accepted for ``build_conv_layer`` compatibility; attention keeps
             the spatial size, so padding is ignored, and only dilation=1, groups=1 are supported.
 
@@ -50,64 +97,82 @@ class LocalSelfAttention2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 7, stride: int = 1,
-                 heads: int = 8, positional_encoding: str = 'relative',
+                 heads: Optional[int] = None, positional_encoding: str = 'relative',
                  logits: str = 'content+relative', padding_mode: str = 'mask',
                  scale: Optional[float] = None, bias: bool = False,
-                 implementation: str = 'auto', padding=None, dilation: int = 1,
+                 implementation: str = 'auto', head_dim: Optional[int] = None,
+                 position_bias: bool = False, relative_tables: str = 'shared',
+                 downsample: str = 'avgpool', padding=None, dilation: int = 1,
                  groups: int = 1) -> None:
         super().__init__()
-        if isinstance(kernel_size, (tuple, list)):
-            if len(set(kernel_size)) != 1:
-                raise ValueError(f'kernel_size must be square, got {kernel_size!r}')
-            kernel_size = kernel_size[0]
-        if not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f'kernel_size must be a positive odd integer, got {kernel_size!r}')
+        kernel_size = _square_kernel_size(kernel_size)
         if stride not in (1, 2, (1, 1), (2, 2)):
             raise ValueError(f'stride must be 1 or 2, got {stride!r}')
         if dilation not in (1, (1, 1)) or groups != 1:
             raise ValueError(f'dilation and groups must be 1, got dilation={dilation!r}, '
                              f'groups={groups!r}')
-        if heads < 1 or out_channels % heads:
-            raise ValueError(f'out_channels ({out_channels}) must be divisible by heads '
-                             f'({heads!r})')
+        heads = _resolve_heads(out_channels, heads, head_dim)
         _check_choice('positional_encoding', positional_encoding, POSITIONAL_ENCODINGS)
         _check_choice('logits', logits, LOGITS)
         _check_choice('padding_mode', padding_mode, PADDING_MODES)
         _check_choice('implementation', implementation, IMPLEMENTATIONS)
+        _check_choice('relative_tables', relative_tables, RELATIVE_TABLES)
+        _check_choice('downsample', downsample, DOWNSAMPLING)
+        if not isinstance(position_bias, bool):
+            raise ValueError(f'position_bias must be True or False, got {position_bias!r}')
+        self._check_positional(positional_encoding, logits, relative_tables, out_channels // heads)
+
+        stride = stride[0] if isinstance(stride, tuple) else stride
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.heads, self.head_dim = heads, out_channels // heads
+        self.positional_encoding, self.logits = positional_encoding, logits
+        self.padding_mode, self.implementation = padding_mode, implementation
+        self.scale, self.relative_tables, self.downsample = scale, relative_tables, downsample
+        self.uses_content = logits != 'relative'
+        # Queries sit every query_stride pixels; the pool takes the rest of the stride.
+        self.query_stride = stride if downsample == 'query' else 1
+        pool_stride = stride // self.query_stride
+        self.pool = (nn.AvgPool2d(pool_stride, pool_stride, ceil_mode=True) if pool_stride > 1
+                     else nn.Identity())
+        # ConvModule reads these off its conv.
+        self.padding, self.dilation, self.groups = (0, 0), (1, 1), 1
+        self.transposed, self.output_padding = False, (0, 0)
+        self._make_parameters(bias, position_bias)
+        self.reset_parameters()
+
+    @staticmethod
+    def _check_positional(positional_encoding: str, logits: str, relative_tables: str,
+                          head_dim: int) -> None:
         uses_position = logits != 'content'
         if uses_position != (positional_encoding != 'none'):
             raise ValueError(f"logits={logits!r} needs positional_encoding "
                              f"{'in (relative, absolute)' if uses_position else '= none'}, "
                              f"got positional_encoding={positional_encoding!r}")
-        head_dim = out_channels // heads
+        if relative_tables != 'shared' and positional_encoding != 'relative':
+            raise ValueError(f"relative_tables={relative_tables!r} needs positional_encoding="
+                             f"'relative', got positional_encoding={positional_encoding!r}")
         if uses_position and head_dim % 2:
-            raise ValueError(f'positional encodings split the head dim into row and column halves, '
-                             f'so out_channels / heads must be even, got {head_dim} '
-                             f'(out_channels={out_channels}, heads={heads})')
+            raise ValueError(f'positional encodings split the head dim into row and column '
+                             f'halves, so out_channels / heads must be even, got {head_dim}')
 
-        stride = stride[0] if isinstance(stride, tuple) else stride
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride, self.heads, self.head_dim = kernel_size, stride, heads, head_dim
-        self.positional_encoding, self.logits = positional_encoding, logits
-        self.padding_mode, self.implementation = padding_mode, implementation
-        self.scale = scale
-        # ConvModule reads these off its conv.
-        self.padding, self.dilation, self.groups = (0, 0), (1, 1), 1
-        self.transposed, self.output_padding = False, (0, 0)
-
-        self.uses_content = logits != 'relative'
+    def _make_parameters(self, bias: bool, position_bias: bool) -> None:
         projections = 3 if self.uses_content else 2  # no W_K when no logit uses keys
-        self.qkv = nn.Linear(in_channels, projections * out_channels, bias=False)
-        if positional_encoding == 'relative':
-            self.rel_row = nn.Parameter(torch.empty(kernel_size, head_dim // 2))
-            self.rel_col = nn.Parameter(torch.empty(kernel_size, head_dim // 2))
+        # [W_Q; W_K; W_V] as one (projections * C_out, C_in) weight; forward applies W_Q at the
+        # query positions and [W_K; W_V] at every position.
+        self.qkv = nn.Linear(self.in_channels, projections * self.out_channels, bias=False)
+        if self.positional_encoding == 'relative':
+            table = (self.kernel_size, self.head_dim // 2)
+            if self.relative_tables == 'per_head':
+                table = (self.heads, *table)
+            self.rel_row = nn.Parameter(torch.empty(table))
+            self.rel_col = nn.Parameter(torch.empty(table))
         else:
             self.register_parameter('rel_row', None)
             self.register_parameter('rel_col', None)
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        # Stride 2: a 2x2 average pool of the stride-1 attention output (no parameters).
-        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True) if stride == 2 else nn.Identity()
-        self.reset_parameters()
+        self.position_bias = nn.Parameter(
+            torch.zeros(self.heads, self.kernel_size, self.kernel_size)) if position_bias else None
+        self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
 
     def reset_parameters(self) -> None:
         # Kaiming-normal fan-in init of each projection, as for the 1x1 convs they are.
@@ -115,42 +180,83 @@ class LocalSelfAttention2d(nn.Module):
         if self.rel_row is not None:
             nn.init.normal_(self.rel_row, std=self.head_dim ** -0.5)
             nn.init.normal_(self.rel_col, std=self.head_dim ** -0.5)
+        if self.position_bias is not None:
+            nn.init.zeros_(self.position_bias)  # starts as the paper's layer
 
     @property
     def value_weight(self) -> Tensor:
         """W_V as a (C_out, C_in) view of the fused projection weight."""
         return self.qkv.weight[-self.out_channels:]
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _relative_logits(self, q: Tensor) -> Tuple[Tensor, Tensor]:
+        """q . r_row[u] and q . r_col[w]: two (B, Ho, Wo, heads, k) tensors."""
+        if self.relative_tables == 'shared':
+            # One matmul with block-diagonal [[r_row^T, 0], [0, r_col^T]] of shape (d, 2k): no
+            # strided halves of q, no slice backwards.
+            tables = torch.block_diag(self.rel_row.t(), self.rel_col.t()).to(q.dtype)
+            return (q @ tables).split(self.kernel_size, dim=-1)
+        q_row, q_col = q.split(self.head_dim // 2, dim=-1)  # head n meets its own tables
+        return (torch.einsum('bhwnc,nkc->bhwnk', q_row, self.rel_row.to(q.dtype)),
+                torch.einsum('bhwnc,nkc->bhwnk', q_col, self.rel_col.to(q.dtype)))
+
+    def attention_inputs(self, x: Tensor) -> Tuple[Tensor, ...]:
+        """The arguments of :func:`sasa_det.ops.local_attention_2d` for input x (N, C_in, H, W):
+        q (N, Ho, Wo, heads, d) at the query positions, (Ho, Wo) = ceil((H, W) / query_stride);
+        k (or None), v (N, H, W, heads, d); row and column logits (N, Ho, Wo, heads, k) or None;
+        the position bias (heads, k, k) or None."""
         n, _, h, w = x.shape
-        shape = (n, h, w, self.heads, self.head_dim)
-        # Channels-last projections: every head's d channels are contiguous per pixel.
-        qkv = self.qkv(x.permute(0, 2, 3, 1)).unflatten(-1, (-1, self.heads, self.head_dim))
-        # unbind: one backward (a stack) instead of a zero-filled qkv-sized gradient per select.
-        q, *k, v = qkv.unbind(-3)
+        s, c_out = self.query_stride, self.out_channels
+        x = x.permute(0, 2, 3, 1)  # channels-last: every head's d channels contiguous per pixel
+        weight = self.qkv.weight
+        q = F.linear(x[:, ::s, ::s], weight[:c_out]).unflatten(-1, (self.heads, self.head_dim))
+        kv = F.linear(x, weight[c_out:]).unflatten(-1, (-1, self.heads, self.head_dim))
+        # unbind: one backward (a stack) instead of a zero-filled kv-sized gradient per select.
+        *k, v = kv.unbind(-3)
         k = k[0] if k else None
         if self.scale is not None:
             q = q * self.scale
 
         row_logits = col_logits = None
         if self.positional_encoding == 'relative':
-            # q . r_row[u] and q . r_col[w] in one matmul with block-diagonal [[r_row^T, 0],
-            # [0, r_col^T]] of shape (d, 2k): no strided halves of q, no slice backwards.
-            tables = torch.block_diag(self.rel_row.t(), self.rel_col.t()).to(q.dtype)
-            row_logits, col_logits = (q @ tables).split(self.kernel_size, dim=-1)
+            row_logits, col_logits = self._relative_logits(q)
         elif self.positional_encoding == 'absolute':
             position = sinusoidal_2d(h, w, self.head_dim, x.device, q.dtype)[:, :, None, :]
-            k = position.expand(shape) if k is None else k + position  # q.(k + p) = q.k + q.p
+            k = position.expand(v.shape) if k is None else k + position  # q.(k + p) = q.k + q.p
+        position_bias = None if self.position_bias is None else self.position_bias.to(q.dtype)
+        return q, k, v, row_logits, col_logits, position_bias
 
+    def forward(self, x: Tensor) -> Tensor:
+        q, k, v, row_logits, col_logits, position_bias = self.attention_inputs(x)
         y = local_attention_2d(q, k, v, self.kernel_size, row_logits, col_logits,
-                               self.padding_mode, self.implementation)
-        y = y.reshape(n, h, w, self.out_channels)
+                               self.padding_mode, self.implementation, position_bias,
+                               self.query_stride)
+        y = y.flatten(-2)  # (N, Ho, Wo, C_out)
         if self.bias is not None:
             y = y + self.bias
         return self.pool(y.permute(0, 3, 1, 2))  # (N, C, H, W), channels-last in memory
 
+    def attention_weights(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Each query's attention weights over its window, computed by the op's reference.
+
+        Returns (weights, valid) of :func:`sasa_det.ops.local_attention_weights_reference`:
+        weights (N, Ho, Wo, heads, k*k), offsets in row-major (u, w) order, before any
+        average pool; valid (Ho, Wo, 1, k*k), True for window positions inside the image.
+        """
+        q, k, _, row_logits, col_logits, position_bias = self.attention_inputs(x)
+        return local_attention_weights_reference(
+            q, k, self.kernel_size, row_logits, col_logits, self.padding_mode, position_bias,
+            self.query_stride, input_size=tuple(x.shape[-2:]))
+
     def extra_repr(self) -> str:
-        return (f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, '
-                f'stride={self.stride}, heads={self.heads}, '
-                f'positional_encoding={self.positional_encoding!r}, logits={self.logits!r}, '
-                f'padding_mode={self.padding_mode!r}, scale={self.scale}')
+        options = [f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}',
+                   f'stride={self.stride}', f'heads={self.heads}',
+                   f'positional_encoding={self.positional_encoding!r}',
+                   f'logits={self.logits!r}', f'padding_mode={self.padding_mode!r}',
+                   f'scale={self.scale}']
+        if self.position_bias is not None:
+            options.append('position_bias=True')
+        if self.relative_tables != 'shared':
+            options.append(f'relative_tables={self.relative_tables!r}')
+        if self.stride > 1:
+            options.append(f'downsample={self.downsample!r}')
+        return ', '.join(options)
