@@ -133,6 +133,24 @@ def test_fpn_norm_cfg_puts_a_norm_after_every_attention_layer():
     sum(o.sum() for o in fpn(backbone_features(size=36))).backward()
 
 
+@pytest.mark.parametrize('norm_cfg', [dict(type='GN', num_groups=4), dict(type='BN')])
+def test_conv_and_attention_variants_put_norm_cfg_in_the_same_places(norm_cfg):
+    """FPN/SASAFPN and RetinaHead/SASARetinaHead take one norm_cfg alike: the same norm layers
+    under the same names, so a conv/attention pair stays comparable."""
+    def norms(model):
+        return {name: type(m).__name__ for name, m in model.named_modules()
+                if isinstance(m, (nn.GroupNorm, nn.BatchNorm2d))}
+
+    conv_fpn = MODELS.build(dict(fpn_cfg('FPN'), norm_cfg=norm_cfg))
+    sasa_fpn = MODELS.build(dict(fpn_cfg('SASAFPN'), norm_cfg=norm_cfg))
+    assert len(norms(conv_fpn)) == 3 + 5 and norms(conv_fpn) == norms(sasa_fpn)
+    conv_head_cfg = head_cfg(type='RetinaHead', norm_cfg=norm_cfg)
+    del conv_head_cfg['attention_cfg']
+    conv_head = MODELS.build(conv_head_cfg)
+    sasa_head = MODELS.build(head_cfg(norm_cfg=norm_cfg, head_mixing='predictor'))
+    assert len(norms(conv_head)) == 2 * 2 and norms(conv_head) == norms(sasa_head)
+
+
 # ---------------------------------------------------------------------------- SASARetinaHead
 
 def pyramid(batch: int = 1, size: int = 64):

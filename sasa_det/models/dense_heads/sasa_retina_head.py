@@ -34,9 +34,10 @@ class SASARetinaHead(RetinaHead):
 
     Initialisation: without a norm (``norm_cfg=None``, RetinaNet's head) W_V of every SASA layer
     is drawn from N(0, 0.01), as RetinaNet draws its subnet convolutions; with a norm after each
-    layer, W_V keeps the layer's fan-in init, N(0, 1/C_in), since the norm sets the scale and a
-    0.01 W_V would only shrink the gradients reaching W_Q and W_K. W_Q, W_K and the relative
-    tables always keep the layer's own initialisation. The predictors keep RetinaNet's
+    layer, W_V keeps the layer's fan-in init, N(0, 1/C_in): the norm undoes W_V's scale, so a
+    small W_V would only make its relative updates large (an Adam step moves each weight by about
+    lr, 30% of a 0.01 weight at lr 3e-3). W_Q, W_K and the relative tables always keep the
+    layer's own initialisation. The predictors keep RetinaNet's
     (N(0, 0.01), class bias from the prior 0.01).
 
     Args:
