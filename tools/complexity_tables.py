@@ -5,12 +5,13 @@
     and full attention (``sasa_resnetD_attnstem``), beside the paper's Table 1.
 (b) RetinaNet at 640 x 640 for the five configs of DESIGN.md section 6: backbone, FPN and head
     (the detector's 'tensor' mode; no anchors, no NMS), against the convolutional RetinaNet.
+(c) One SASA layer with each opt-in option of LocalSelfAttention2d, against the paper's layer.
 
 FLOPs are 2 x multiply-adds, the paper's convention; the GMACs column is the number mmengine's
 FlopAnalyzer would print as "flops". CPU-only; the 640 x 640 detectors take a few minutes.
 
-Usage: python tools/complexity_tables.py [--tables imagenet coco] [--imagenet-size 224]
-                                          [--coco-size 640]
+Usage: python tools/complexity_tables.py [--tables imagenet coco options]
+                                          [--imagenet-size 224] [--coco-size 640]
 """
 import argparse
 import logging
@@ -172,13 +173,44 @@ def coco_table(size: int) -> None:
     print()
 
 
+# SASA-ResNet-50's spatial layers of stage 1 (64 channels at 56 x 56 for a 224 input): the
+# stride-1 layer of a block and the stride-2 layer that opens stage 2 (128 channels, 56 -> 28).
+OPTION_LAYERS = [('stage 1, stride 1: 64 -> 64, 56 x 56', dict(in_channels=64, out_channels=64),
+                  (1, 64, 56, 56)),
+                 ('stage 2 entry, stride 2: 128 -> 128, 56 x 56 -> 28 x 28',
+                  dict(in_channels=128, out_channels=128, stride=2), (1, 128, 56, 56))]
+OPTIONS = [('paper (8 heads, shared tables, no bias, avgpool)', {}),
+           ('head_dim=16', dict(heads=None, head_dim=16)),
+           ('position_bias=True', dict(position_bias=True)),
+           ("relative_tables='per_head'", dict(relative_tables='per_head')),
+           ("downsample='query'", dict(downsample='query'))]
+
+
+def options_table() -> None:
+    from sasa_det.layers import LocalSelfAttention2d
+    from sasa_det.analysis import complexity
+    print('### One SASA layer (k = 7) with each opt-in option\n')
+    print('| layer | option | params | MMACs | params vs paper | MACs vs paper |')
+    print('|---|---|---|---|---|---|')
+    for layer_name, shape_args, input_shape in OPTION_LAYERS:
+        paper = None
+        for option_name, options in OPTIONS:
+            layer = LocalSelfAttention2d(kernel_size=7, **shape_args, **options)
+            result = complexity(layer, input_shape)
+            paper = paper or result
+            print(f'| {layer_name} | {option_name} | {result["params"]} | '
+                  f'{result["macs"] / 1e6:.1f} | {result["params"] - paper["params"]:+d} | '
+                  f'{percent(result["macs"], paper["macs"])} |', flush=True)
+    print()
+
+
 def main() -> None:
     from mmengine.logging import MMLogger
     # The current logger is the one mmengine's init messages go to: keep the tables readable.
     MMLogger.get_instance('complexity_tables', log_level=logging.WARNING)
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--tables', nargs='+', choices=('imagenet', 'coco'),
-                        default=['imagenet', 'coco'])
+    parser.add_argument('--tables', nargs='+', choices=('imagenet', 'coco', 'options'),
+                        default=['imagenet', 'coco', 'options'])
     parser.add_argument('--imagenet-size', type=int, default=224)
     parser.add_argument('--coco-size', type=int, default=640)
     args = parser.parse_args()
@@ -187,6 +219,8 @@ def main() -> None:
         imagenet_table(args.imagenet_size)
     if 'coco' in args.tables:
         coco_table(args.coco_size)
+    if 'options' in args.tables:
+        options_table()
 
 
 if __name__ == '__main__':
