@@ -43,3 +43,18 @@ def test_gpu_only_methods_and_unknown_dtypes_are_refused_by_name():
     assert result.returncode == 2 and 'method triton needs --device cuda' in result.stderr
     result = _benchmark('--quick', '--dtype', 'float64', check=False)
     assert result.returncode == 2 and "unknown --dtype ['float64']" in result.stderr
+
+
+def test_triton_tile_settings_are_parsed_from_the_method_name():
+    """triton@<tile>/<warps> (for tuning on a GPU) sets the tile size and warps of its launches;
+    plain triton restores the shipped ones."""
+    import importlib.util
+    from sasa_det.ops import triton_op
+    spec = importlib.util.spec_from_file_location('benchmark', ROOT / 'tools' / 'benchmark.py')
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    shipped = (triton_op.TILE_ELEMENTS, triton_op.NUM_WARPS)
+    assert benchmark.triton_setting('triton@1024/8') == (1024, 8)
+    assert benchmark.triton_setting('triton@256') == (256, shipped[1])
+    assert benchmark.triton_setting('triton') == shipped
+    assert benchmark.triton_setting('sliced') is None

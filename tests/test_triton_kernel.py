@@ -47,7 +47,7 @@ def _ptxas_report(kernel, arch: int, dtype: str, constexprs: dict) -> str:
     source = ASTSource(fn=kernel, signature=signature,
                        constexprs={(kernel.arg_names.index(n),): v for n, v in constexprs.items()})
     compiled = triton.compile(source, target=GPUTarget('cuda', arch, 32),
-                              options=dict(num_warps=4))
+                              options=dict(num_warps=triton_op.NUM_WARPS))
     with tempfile.NamedTemporaryFile('w', suffix='.ptx') as ptx:
         ptx.write(compiled.asm['ptx'])
         ptx.flush()

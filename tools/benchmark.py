@@ -7,7 +7,8 @@ order (so that load drifts hit all alike):
                      k*k*C copy of K and V per pixel, as most public SASA code does)
     ours             implementation='auto': the fused C++ kernel on CPU, Triton on CUDA
     sliced           implementation='sliced': the pure-PyTorch loop over the k*k offsets
-    triton           implementation='triton' (CUDA only)
+    triton           implementation='triton' (CUDA only); triton@<tile>/<warps>, e.g.
+                     triton@1024/8, with other tile sizes (triton_op.TILE_ELEMENTS, NUM_WARPS)
     sliced_compiled  the sliced layer under torch.compile (compilation happens in the warm-up)
 
 Time: median of --repeats runs after --warmup runs, of forward + backward (input and parameter
@@ -28,6 +29,7 @@ built with CUDA ops for mmdet's focal loss). The layer benchmark needs PyTorch o
     python tools/benchmark.py --dtype bfloat16           # the same under bf16 autocast
     python tools/benchmark.py --device cuda              # GPU: fp32 and bf16, + COCO stage 1
     python tools/benchmark.py --device cuda --methods conv,triton,sliced_compiled
+    python tools/benchmark.py --device cuda --methods triton,triton@256/4,triton@1024/8
     python tools/benchmark.py --device cuda --detector   # GPU: RetinaNet training steps
     python tools/benchmark.py --quick                    # smoke test: one small shape
 """
@@ -35,6 +37,7 @@ import argparse
 import contextlib
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -60,13 +63,24 @@ DETECTOR_CONFIGS = ('retinanet_r50.py', 'retinanet_sasa_r50.py')
 DETECTOR_SIZES = ((640, 640), (800, 1333))  # (H, W)
 
 
+def triton_setting(method: str):
+    """(TILE_ELEMENTS, NUM_WARPS) of a triton method: its own for triton@<tile>/<warps>, the
+    shipped ones for triton; None for the other methods."""
+    if method.split('@')[0] != 'triton':
+        return None
+    from sasa_det.ops import triton_op
+    tile, _, warps = method.partition('@')[2].partition('/')
+    return int(tile or triton_op.TILE_ELEMENTS), int(warps or triton_op.NUM_WARPS)
+
+
 def build(method: str, channels: int, kernel_size: int, heads: int) -> nn.Module:
     if method == 'conv':
         return nn.Conv2d(channels, channels, 3, padding=1, bias=False)
     implementation = {'unfold': 'reference', 'ours': 'auto', 'sliced': 'sliced',
-                      'triton': 'triton', 'sliced_compiled': 'sliced'}[method]
+                      'triton': 'triton', 'sliced_compiled': 'sliced'}[method.split('@')[0]]
     layer = LocalSelfAttention2d(channels, channels, kernel_size, heads=heads,
                                  implementation=implementation)
+    layer.triton_setting = triton_setting(method)
     return torch.compile(layer) if method == 'sliced_compiled' else layer
 
 
@@ -85,6 +99,10 @@ def synchronize(device: str) -> None:
 def step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, dtype: torch.dtype,
          backward: bool = True) -> None:
     """One forward (+ backward); gradients are dropped so that each step allocates them anew."""
+    setting = getattr(layer, 'triton_setting', None)
+    if setting is not None:  # the Triton launches read these at each call
+        from sasa_det.ops import triton_op
+        triton_op.TILE_ELEMENTS, triton_op.NUM_WARPS = setting
     if not backward:
         with torch.no_grad(), autocast(x.device.type, dtype):
             layer(x)
@@ -342,10 +360,11 @@ def parse_args():
     if bad:
         parser.error(f'unknown --dtype {bad}; allowed: {tuple(DTYPES)}')
     args.methods = [m for m in (args.methods or DEFAULT_METHODS[device]).split(',') if m]
-    unknown = set(args.methods) - set(METHODS)
+    unknown = [m for m in args.methods
+               if m not in METHODS and not re.fullmatch(r'triton@\d+(/\d+)?', m)]
     if unknown:
-        parser.error(f'unknown methods {sorted(unknown)}; allowed: {METHODS}')
-    if device == 'cpu' and 'triton' in args.methods:
+        parser.error(f'unknown methods {unknown}; allowed: {METHODS} and triton@<tile>/<warps>')
+    if device == 'cpu' and any(m.startswith('triton') for m in args.methods):
         parser.error('method triton needs --device cuda')
     stages = args.stages or ','.join(STAGES + ((COCO_STAGE1,) if device == 'cuda' else ()))
     args.stages = [parse_shape(s) for s in stages.split(',')]

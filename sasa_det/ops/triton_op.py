@@ -25,12 +25,15 @@ __all__ = ['INTERPRETED', 'is_enabled', 'local_attention_2d_triton', 'supports']
 
 INTERPRETED = kernels.INTERPRETED
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Tile sizes, not yet timed on a GPU: at most MAX_BLOCK queries (or keys) per program and at most
-# TILE_ELEMENTS values in one [block, head dim] tile. At 512, ptxas (sm_90, 4 warps) puts every
-# kernel at <= 170 registers with at most a few bytes of spills for head dims 8 to 64; at 2048
-# the backward kernels hit 255 registers and spill hundreds of bytes.
+# Tile sizes, not yet timed on a GPU: at most MAX_BLOCK queries (or keys) per program, at most
+# TILE_ELEMENTS values in one [block, head dim] tile, NUM_WARPS warps per program. Read at each
+# launch: tools/benchmark.py's triton@<tile>/<warps> methods compare other settings. At 512,
+# ptxas (sm_90, 4 warps) puts every kernel at <= 170 registers with at most a few bytes of
+# spills for head dims 8 to 64; at 2048 the backward kernels hit 255 registers and spill
+# hundreds of bytes.
 MAX_BLOCK = 128
 TILE_ELEMENTS = 512
+NUM_WARPS = 4
 
 
 def is_enabled() -> bool:
@@ -53,7 +56,8 @@ def supports(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
 def _blocks(head_dim: int, value_dim: int) -> Tuple[int, int, int]:
     """(queries per program, padded head dim, padded value dim), all powers of two."""
     block_d, block_dv = triton.next_power_of_2(head_dim), triton.next_power_of_2(value_dim)
-    return max(1, min(MAX_BLOCK, TILE_ELEMENTS // max(block_d, block_dv))), block_d, block_dv
+    block = max(1, min(MAX_BLOCK, TILE_ELEMENTS // max(block_d, block_dv)))
+    return 1 << (block.bit_length() - 1), block_d, block_dv  # round down to a power of two
 
 
 def _launcher(kernel):
@@ -99,7 +103,7 @@ def _forward(q: Tensor, k: Optional[Tensor], v: Tensor, row_logits: Optional[Ten
     _launcher(kernels._forward_kernel)[grid](
         q, _or(k, q), v, _or(row_logits, q), _or(col_logits, q), _or(position_bias, q), out, lse,
         *_shared_args(q, k, v, row_logits, col_logits, position_bias, query_stride),
-        MASK=mask, BLOCK=block, BLOCK_D=block_d, BLOCK_DV=block_dv,
+        MASK=mask, BLOCK=block, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=NUM_WARPS,
         **_flags(k, row_logits, col_logits, position_bias, kernel_size))
     return out, lse
 
@@ -132,7 +136,7 @@ def _backward(grad_out: Tensor, q: Tensor, k: Optional[Tensor], v: Tensor,
     delta = torch.empty_like(lse)
     common = _shared_args(q, k, v, row_logits, col_logits, position_bias, query_stride)
     flags = _flags(k, row_logits, col_logits, position_bias, kernel_size)
-    blocks = dict(BLOCK=block, BLOCK_D=block_d, BLOCK_DV=block_dv)
+    blocks = dict(BLOCK=block, BLOCK_D=block_d, BLOCK_DV=block_dv, num_warps=NUM_WARPS)
     grad_out = grad_out.contiguous()
     inputs = (q, _or(k, q), v, _or(row_logits, q), _or(col_logits, q), _or(position_bias, q))
     has_keys = k is not None
