@@ -144,13 +144,31 @@ def test_dist_train_two_cpu_ranks_hold_identical_weights(tmp_path):
     assert any(not torch.equal(start['params'][n], v) for n, v in end[0]['params'].items())
 
 
-def test_bad_config_value_is_reported_with_its_config_key(tmp_path):
-    """tools/train.py builds the Runner so that a layer's ValueError names the config key."""
+def import_train():
+    """tools/train.py as a module."""
     sys.path.insert(0, str(ROOT / 'tools'))
     try:
         import train
     finally:
         sys.path.remove(str(ROOT / 'tools'))
+    return train
+
+
+def test_url_checkpoints_are_downloaded_before_mmengine_loads_them(tmp_path, monkeypatch):
+    """tools/train.py's config names the downloaded file where the user gave a URL, so mmengine
+    loads it as a local file (with torch's safe unpickler), not through torch.hub."""
+    from sasa_det.engine import checkpoint
+    train = import_train()
+    monkeypatch.setattr(checkpoint, 'download_checkpoint',
+                        lambda url, model_dir=None: str(tmp_path / Path(url).name))
+    args = train.parse_args([str(CONFIG), '--work-dir', str(tmp_path), '--cfg-options',
+                             'load_from=https://example.org/retinanet.pth'])
+    assert train.load_config(args).load_from == str(tmp_path / 'retinanet.pth')
+
+
+def test_bad_config_value_is_reported_with_its_config_key(tmp_path):
+    """tools/train.py builds the Runner so that a layer's ValueError names the config key."""
+    train = import_train()
     from sasa_det.utils import ConfigValueError
     args = train.parse_args([str(CONFIG), '--work-dir', str(tmp_path), '--cfg-options',
                              'model.neck.attention_cfg.kernel_size=4'])

@@ -138,7 +138,7 @@ def main(argv=None) -> None:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise ValueError('--auto-scale-lr needs auto_scale_lr.base_batch_size in the config')
         cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':  # the config's checkpoint hook picks the latest intact one
+    if args.resume == 'auto':  # the latest checkpoint (AtomicCheckpointHook: the latest intact)
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
