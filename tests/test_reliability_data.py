@@ -100,6 +100,21 @@ def test_missing_image_is_an_error_naming_it(tmp_path):
         in str(info.value)
 
 
+def test_image_files_are_found_relative_to_the_prefix(tmp_path, monkeypatch):
+    """Images in a subdirectory of the prefix, and a prefix of '' (the working directory)."""
+    ann_file, data = _write_set(tmp_path)
+    for img in data['images']:
+        img['file_name'] = f'images/{img["file_name"]}'
+    _dump(tmp_path / 'instances.json', data)
+    assert check_coco_annotations(ann_file, img_prefix=str(tmp_path)) == []
+    monkeypatch.chdir(tmp_path)
+    assert check_coco_annotations(ann_file, img_prefix='') == []
+    (tmp_path / 'images' / '03.png').unlink()
+    with pytest.raises(CocoAnnotationError, match=r"image id 3 \('images/03.png'\): image file "
+                                                  r'images/03.png is missing'):
+        check_coco_annotations(ann_file, img_prefix='')
+
+
 def test_undecodable_image_is_an_error_with_decode(tmp_path):
     ann_file, _ = _write_set(tmp_path)
     (tmp_path / 'images' / '01.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'garbage' * 10)

@@ -163,7 +163,7 @@ def _check_image_files(images: Iterable[dict], img_prefix: str, mode: str,
         path = osp.join(img_prefix, img['file_name'])
         directory, name = osp.split(path)
         if directory not in listings:
-            listings[directory] = _files_in(directory)
+            listings[directory] = _files_in(directory or os.curdir)
         if name not in listings[directory]:
             errors.append(f'{_image_name(img)}: image file {path} is missing')
         elif mode == 'decode':
