@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from sasa_det.ops import (local_attention_2d, local_attention_2d_reference,
-                          local_attention_2d_sliced, local_attention_weights_reference,
-                          window_validity)
+                          local_attention_2d_sliced, local_attention_logits_reference,
+                          local_attention_weights_reference, window_validity)
 
 # (batch, height, width, heads, head_dim, kernel_size): borders, odd sizes, k > H and W, batch 1.
 SHAPES = [
@@ -301,3 +301,16 @@ def test_auto_routes_strided_queries_and_bias_correctly():
         expected = local_attention_2d_reference(*args[:3], 3, *args[3:5], 'mask', args[5], stride)
         actual = local_attention_2d(*args[:3], 3, *args[3:5], 'mask', 'auto', args[5], stride)
         torch.testing.assert_close(actual, expected)
+
+
+def test_weights_are_the_softmax_of_the_logits_and_masked_logits_are_minus_infinity():
+    torch.manual_seed(0)
+    q, key = torch.randn(2, 1, 4, 5, 2, 6, dtype=torch.float64)
+    row, col = torch.randn(2, 1, 4, 5, 2, 3, dtype=torch.float64)
+    bias = torch.randn(2, 3, 3, dtype=torch.float64)
+    logits, valid = local_attention_logits_reference(q, key, 3, row, col, 'mask', bias)
+    weights, valid_w = local_attention_weights_reference(q, key, 3, row, col, 'mask', bias)
+    assert torch.equal(valid, valid_w)
+    assert torch.isneginf(logits[~valid.expand_as(logits)]).all()
+    assert torch.isfinite(logits[valid.expand_as(logits)]).all()
+    torch.testing.assert_close(weights, logits.softmax(-1), rtol=0, atol=1e-15)

@@ -3,8 +3,8 @@
 Every fast implementation in this package is tested against :func:`local_attention_2d_reference`
 in values and gradients. It materialises each query's k x k window of keys and values (the way
 most public SASA code does), so it is also the "unfold" baseline of ``tools/benchmark.py``.
-:func:`local_attention_weights_reference` is the one place the attention formula is written; the
-reference output and the attention diagnostics both read the weights from it.
+:func:`local_attention_logits_reference` is the one place the attention formula is written; the
+reference output and the attention diagnostics both read the logits and weights from it.
 """
 from typing import Optional, Tuple
 
@@ -103,19 +103,18 @@ def window_validity(height: int, width: int, kernel_size: int, device=None,
     return valid.reshape(len(rows), len(cols), kernel_size * kernel_size)
 
 
-def local_attention_weights_reference(
+def local_attention_logits_reference(
         q: Tensor, k: Optional[Tensor], kernel_size: int, row_logits: Optional[Tensor] = None,
         col_logits: Optional[Tensor] = None, padding_mode: str = 'mask',
         position_bias: Optional[Tensor] = None, query_stride: int = 1,
         input_size: Optional[Tuple[int, int]] = None) -> Tuple[Tensor, Tensor]:
-    """Attention weights of every query over its k x k window (for the op and for diagnostics).
+    """Attention logits of every query over its k x k window: the one place the formula is.
 
     Query (i, j) sits at input position (s*i, s*j), s = ``query_stride``. For window offset
     (u, w), u, w in [0, k), its neighbour is (a, b) = (s*i + u - k//2, s*j + w - k//2) and
         logit_uw = q_ij . k_ab [if k is given] + row_logits[..., u] + col_logits[..., w]
                    + position_bias[n, u, w]
-        weights  = softmax over the k*k offsets of the logits
-    'mask' gives out-of-image neighbours weight 0; 'zeros' keeps them in the softmax as zero keys.
+    'mask' sets the logits of out-of-image neighbours to -inf; 'zeros' keeps them (zero keys).
 
     Args:
         q: (B, Ho, Wo, heads, d) with (Ho, Wo) = (ceil(H / s), ceil(W / s)).
@@ -129,8 +128,8 @@ def local_attention_weights_reference(
         input_size: (H, W) of the keys; needed only when k is None and s > 1.
 
     Returns:
-        weights (B, Ho, Wo, heads, k*k) in at least float32, offsets in row-major (u, w) order;
-        valid (Ho, Wo, 1, k*k) bool, broadcastable to the weights: True for neighbours inside the
+        logits (B, Ho, Wo, heads, k*k) in q's dtype, offsets in row-major (u, w) order;
+        valid (Ho, Wo, 1, k*k) bool, broadcastable to the logits: True for neighbours inside the
         image (the keys that 'mask' attends to).
     """
     height, width = check_arguments(q, k, None, kernel_size, row_logits, col_logits,
@@ -149,6 +148,24 @@ def local_attention_weights_reference(
     valid = window_validity(height, width, kernel_size, q.device, query_stride)[:, :, None, :]
     if padding_mode == 'mask':
         logits = logits.masked_fill(~valid, float('-inf'))
+    return logits, valid
+
+
+def local_attention_weights_reference(
+        q: Tensor, k: Optional[Tensor], kernel_size: int, row_logits: Optional[Tensor] = None,
+        col_logits: Optional[Tensor] = None, padding_mode: str = 'mask',
+        position_bias: Optional[Tensor] = None, query_stride: int = 1,
+        input_size: Optional[Tuple[int, int]] = None) -> Tuple[Tensor, Tensor]:
+    """Attention weights: the softmax over the k*k offsets of
+    :func:`local_attention_logits_reference` (same arguments; 'mask' gives out-of-image
+    neighbours weight 0).
+
+    Returns:
+        weights (B, Ho, Wo, heads, k*k) in at least float32, and the same ``valid`` mask.
+    """
+    logits, valid = local_attention_logits_reference(q, k, kernel_size, row_logits,
+                                                     col_logits, padding_mode, position_bias,
+                                                     query_stride, input_size)
     weights = torch.softmax(logits, dim=-1,
                             dtype=torch.promote_types(logits.dtype, torch.float32))
     return weights, valid
