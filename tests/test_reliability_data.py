@@ -103,16 +103,21 @@ def test_missing_image_is_an_error_naming_it(tmp_path):
 def test_image_files_are_found_relative_to_the_prefix(tmp_path, monkeypatch):
     """Images in a subdirectory of the prefix, and a prefix of '' (the working directory)."""
     ann_file, data = _write_set(tmp_path)
+    monkeypatch.chdir(tmp_path / 'images')
+    assert check_coco_annotations(ann_file, img_prefix='') == []
+    (tmp_path / 'images' / '03.png').unlink()
+    with pytest.raises(CocoAnnotationError, match=r"image id 3 \('03.png'\): image file 03.png "
+                                                  r'is missing'):
+        check_coco_annotations(ann_file, img_prefix='')
     for img in data['images']:
         img['file_name'] = f'images/{img["file_name"]}'
     _dump(tmp_path / 'instances.json', data)
-    assert check_coco_annotations(ann_file, img_prefix=str(tmp_path)) == []
-    monkeypatch.chdir(tmp_path)
-    assert check_coco_annotations(ann_file, img_prefix='') == []
-    (tmp_path / 'images' / '03.png').unlink()
     with pytest.raises(CocoAnnotationError, match=r"image id 3 \('images/03.png'\): image file "
-                                                  r'images/03.png is missing'):
-        check_coco_annotations(ann_file, img_prefix='')
+                                                  rf'{re.escape(str(tmp_path))}/images/03.png'):
+        check_coco_annotations(ann_file, img_prefix=str(tmp_path))
+    data['images'].pop()
+    _dump(tmp_path / 'instances.json', data)
+    assert check_coco_annotations(ann_file, img_prefix=str(tmp_path)) == []
 
 
 def test_undecodable_image_is_an_error_with_decode(tmp_path):
