@@ -14,6 +14,7 @@ repeated backward passes, the torch.library operators (opcheck) and torch.compil
 breaks. Not checked by the interpreter: that the kernels compile for a GPU (see
 tests/test_triton_kernel.py), and their speed.
 """
+import copy
 import os
 
 import pytest
@@ -208,6 +209,27 @@ def test_a_sasa_layer_compiles_without_graph_breaks():
     torch.testing.assert_close(actual, expected)
     for g, e in zip(grads, expected_grads):
         torch.testing.assert_close(g, e)
+
+
+def test_a_layer_with_every_option_equals_the_reference_layer():
+    """The layer's later options reach the kernel intact: strided queries (downsample='query'),
+    a position bias, per-head relative tables; float32 against a float64 reference copy."""
+    options = dict(kernel_size=3, stride=2, heads=2, position_bias=True, downsample='query',
+                   relative_tables='per_head')
+    layer = LocalSelfAttention2d(8, 8, implementation='triton', **options).to(DEVICE)
+    with torch.no_grad():
+        layer.position_bias.normal_()  # zero at init: make its gradient path matter
+    reference = copy.deepcopy(layer).double()
+    reference.implementation = 'reference'
+    x = torch.randn(2, 8, 5, 6, device=DEVICE, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 8, 3, 3, device=DEVICE, dtype=torch.float64)
+    expected = reference(x)
+    expected_grads = torch.autograd.grad(expected, [x, *reference.parameters()], grad)
+    actual = layer(x.float())
+    grads = torch.autograd.grad(actual, [x, *layer.parameters()], grad.float())
+    errors = [(a.double() - e).abs().max().item()
+              for a, e in zip((actual, *grads), (expected, *expected_grads))]
+    assert max(errors) <= TOLERANCE, errors
 
 
 def test_float64_inputs_are_refused_with_the_allowed_dtypes():
