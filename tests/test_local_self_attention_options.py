@@ -117,6 +117,23 @@ def test_attention_weights_match_the_per_query_loop(options):
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))
 
 
+def test_attention_maps_give_weights_and_logits_up_to_the_softmax_shift():
+    """attention_maps: the loop's weights, and its logits less their mean over each row's keys
+    (masked keys -inf), in float64 whatever the layer's dtype."""
+    layer = _layer(kernel_size=5, stride=2, downsample='query', position_bias=True)
+    x = torch.randn(1, 6, 5, 4, dtype=torch.float64)
+    maps = layer.float().attention_maps(x.float())
+    layer.double()
+    _, weights = loop_attention(layer, x)
+    torch.testing.assert_close(maps['weights'], weights, rtol=1e-5, atol=1e-6)
+    assert maps['weights'].dtype == maps['logits'].dtype == torch.float64
+    valid = maps['valid'].expand_as(weights)
+    log_weights = weights.log().masked_fill(~valid, 0.0)
+    expected = log_weights - log_weights.sum(-1, keepdim=True) / valid.sum(-1, keepdim=True)
+    torch.testing.assert_close(maps['logits'][valid], expected[valid], rtol=1e-4, atol=1e-5)
+    assert torch.isneginf(maps['logits'][~valid]).all()
+
+
 @pytest.mark.parametrize('options', OPTIONS[1:])
 def test_every_implementation_gives_the_same_values_and_gradients(options):
     x = torch.randn(2, 6, 7, 5, dtype=torch.float64, requires_grad=True)

@@ -1,6 +1,6 @@
 """SASA layer: local self-attention as a drop-in replacement for a k x k spatial convolution."""
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -246,6 +246,24 @@ class LocalSelfAttention2d(nn.Module):
         return local_attention_weights_reference(
             q, k, self.kernel_size, row_logits, col_logits, self.padding_mode, position_bias,
             self.query_stride, input_size=tuple(x.shape[-2:]))
+
+    def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
+        """The attention on x for diagnostics, in float64, from :meth:`attention_weights`.
+
+        Returns dict(weights=(N, Ho, Wo, heads, k*k), valid=(Ho, Wo, 1, k*k), logits=like
+        weights). The logits are the layer's logits less their mean over the row's keys (the
+        shift the softmax ignores), recovered exactly as log weights: -inf for masked keys and
+        where a weight underflows float64 (a logit more than ~700 below the row's largest).
+        """
+        q, k, _, row_logits, col_logits, position_bias = (
+            None if t is None else t.double() for t in self.attention_inputs(x))
+        weights, valid = local_attention_weights_reference(
+            q, k, self.kernel_size, row_logits, col_logits, self.padding_mode, position_bias,
+            self.query_stride, input_size=tuple(x.shape[-2:]))
+        log_weights = weights.log()
+        finite = torch.isfinite(log_weights)
+        mean = log_weights.where(finite, 0.0).sum(-1, keepdim=True) / finite.sum(-1, keepdim=True)
+        return dict(weights=weights, valid=valid, logits=log_weights - mean)
 
     def extra_repr(self) -> str:
         options = [f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}',
