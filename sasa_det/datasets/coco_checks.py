@@ -193,21 +193,24 @@ def _check_annotations(annotations: list, images: Dict, categories: Dict, errors
             errors.append(f'annotations[{i}] lacks {lacking}')
             continue
         img = images.get(ann['image_id'])
-        where = (f'annotation id {ann["id"]} (image id {ann["image_id"]}'
-                 + (f', {img["file_name"]!r})' if img else ')'))
+        faults = []  # messages, built only for faulty annotations (COCO train has 860k)
         if ann['id'] in ann_ids:
-            errors.append(f'{where}: duplicate annotation id')
+            faults.append('duplicate annotation id')
         ann_ids.add(ann['id'])
         if img is None:
-            errors.append(f'{where}: image_id {ann["image_id"]!r} is not among the images')
+            faults.append(f'image_id {ann["image_id"]!r} is not among the images')
         if ann['category_id'] not in categories:
-            errors.append(f'{where}: category_id {ann["category_id"]!r} is not in the '
-                          f'categories list {sorted(categories, key=str)}')
+            faults.append(f'category_id {ann["category_id"]!r} is not in the categories list '
+                          f'{sorted(categories, key=str)}')
         error, warning = _box_faults(ann['bbox'], ann['area'], img)
         if error:
-            errors.append(f'{where}: {error}')
-        if warning:
-            warns.append(f'{where}: {warning}')
+            faults.append(error)
+        if faults or warning:
+            where = (f'annotation id {ann["id"]} (image id {ann["image_id"]}'
+                     + (f', {img["file_name"]!r})' if img else ')'))
+            errors.extend(f'{where}: {fault}' for fault in faults)
+            if warning:
+                warns.append(f'{where}: {warning}')
 
 
 def _box_faults(bbox: object, area: object, img: Optional[dict]) -> Tuple[str, str]:
