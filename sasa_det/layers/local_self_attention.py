@@ -59,7 +59,8 @@ class LocalSelfAttention2d(nn.Module):
     projections q = W_Q x, k = W_K x, v = W_V x (no bias), ``heads`` groups of d = C_out / heads
     channels, and relative embeddings r = concat(r_row[a-i], r_col[b-j]) of d/2 + d/2 dims shared
     by all heads. Neighbours outside the image are excluded from the softmax
-    (``padding_mode='mask'``). A stride of 2 is a 2x2 average pool after stride-1 attention.
+    (``padding_mode='mask'``). A stride of 2 is a 2x2 average pool after stride-1 attention
+    (``downsample='avgpool'``).
 
     Every option defaults to the paper; the others are opt-in variants from later work.
 
