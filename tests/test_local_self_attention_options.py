@@ -45,8 +45,8 @@ def loop_attention(layer: LocalSelfAttention2d, x: torch.Tensor):
     (a, b) = (s*i + u - k//2, s*j + w - k//2), excluded when outside the image, and
         logit = q . k_ab + q . [r_row(u); r_col(w)] (the head's own tables when per head)
                 + position_bias[head, u, w]
-    Returns y (N, C_out, Ho, Wo) before the layer's average pool, and the weights
-    (N, Ho, Wo, heads, k*k), zero outside the image.
+    Returns y (N, C_out, Ho, Wo) before the layer's average pool, the weights
+    (N, Ho, Wo, heads, k*k), zero outside the image, and the logits, -inf there.
     """
     n, _, height, width = x.shape
     heads, d, k, r, s = (layer.heads, layer.head_dim, layer.kernel_size, layer.kernel_size // 2,
@@ -57,6 +57,7 @@ def loop_attention(layer: LocalSelfAttention2d, x: torch.Tensor):
     ho, wo = math.ceil(height / s), math.ceil(width / s)
     y = x.new_zeros(n, layer.out_channels, ho, wo)
     weights = x.new_zeros(n, ho, wo, heads, k * k)
+    all_logits = x.new_full((n, ho, wo, heads, k * k), float('-inf'))
     for b, i, j, m in itertools.product(range(n), range(ho), range(wo), range(heads)):
         head = slice(m * d, (m + 1) * d)
         q = (layer.scale or 1.0) * (w_q[head] @ x[b, :, s * i, s * j])
@@ -83,7 +84,8 @@ def loop_attention(layer: LocalSelfAttention2d, x: torch.Tensor):
         p = torch.softmax(torch.stack(logits), 0)
         y[b, head, i, j] = (p[:, None] * torch.stack(values)).sum(0)
         weights[b, i, j, m, slots] = p
-    return y, weights
+        all_logits[b, i, j, m, slots] = torch.stack(logits)
+    return y, weights, all_logits
 
 
 def _grads(layer, x, output_grad, output):
@@ -94,7 +96,7 @@ def _grads(layer, x, output_grad, output):
 def test_values_and_gradients_match_the_per_query_loop(options):
     layer = _layer(**options)
     x = torch.randn(2, 6, 5, 6, dtype=torch.float64, requires_grad=True)
-    loop_y, _ = loop_attention(layer, x)
+    loop_y, _, _ = loop_attention(layer, x)
     expected = layer.pool(loop_y)
     y = layer(x)
     assert y.shape == expected.shape == (2, 8, *(math.ceil(n / layer.stride) for n in (5, 6)))
@@ -111,27 +113,21 @@ def test_attention_weights_match_the_per_query_loop(options):
     layer = _layer(**options)
     x = torch.randn(1, 6, 5, 4, dtype=torch.float64)
     weights, valid = layer.attention_weights(x)
-    _, expected = loop_attention(layer, x)
+    _, expected, _ = loop_attention(layer, x)
     torch.testing.assert_close(weights, expected)
     assert torch.equal(valid.expand_as(weights), expected > 0)
     torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights[..., 0]))
 
 
-def test_attention_maps_give_weights_and_logits_up_to_the_softmax_shift():
-    """attention_maps: the loop's weights, and its logits less their mean over each row's keys
-    (masked keys -inf), in float64 whatever the layer's dtype."""
-    layer = _layer(kernel_size=5, stride=2, downsample='query', position_bias=True)
+@pytest.mark.parametrize('options', OPTIONS)
+def test_attention_maps_give_the_loops_logits_and_weights(options):
+    layer = _layer(**options)
     x = torch.randn(1, 6, 5, 4, dtype=torch.float64)
-    maps = layer.float().attention_maps(x.float())
-    layer.double()
-    _, weights = loop_attention(layer, x)
-    torch.testing.assert_close(maps['weights'], weights, rtol=1e-5, atol=1e-6)
-    assert maps['weights'].dtype == maps['logits'].dtype == torch.float64
-    valid = maps['valid'].expand_as(weights)
-    log_weights = weights.log().masked_fill(~valid, 0.0)
-    expected = log_weights - log_weights.sum(-1, keepdim=True) / valid.sum(-1, keepdim=True)
-    torch.testing.assert_close(maps['logits'][valid], expected[valid], rtol=1e-4, atol=1e-5)
-    assert torch.isneginf(maps['logits'][~valid]).all()
+    maps = layer.attention_maps(x)
+    _, weights, logits = loop_attention(layer, x)
+    torch.testing.assert_close(maps['weights'], weights)
+    torch.testing.assert_close(maps['logits'], logits)
+    assert torch.equal(maps['valid'].expand_as(weights), torch.isfinite(logits))
 
 
 @pytest.mark.parametrize('options', OPTIONS[1:])

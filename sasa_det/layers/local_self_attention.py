@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import local_attention_2d, local_attention_weights_reference
+from ..ops import (local_attention_2d, local_attention_logits_reference,
+                   local_attention_weights_reference)
 from ..ops.local_attention import IMPLEMENTATIONS, PADDING_MODES
 from .positional import sinusoidal_2d
 
@@ -249,22 +250,20 @@ class LocalSelfAttention2d(nn.Module):
             self.query_stride, input_size=tuple(x.shape[-2:]))
 
     def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
-        """The attention on x for diagnostics, in float64, from :meth:`attention_weights`.
+        """The attention on x for diagnostics: the logits from the op's reference
+        (:func:`sasa_det.ops.local_attention_logits_reference`) and their softmax.
 
-        Returns dict(weights=(N, Ho, Wo, heads, k*k), valid=(Ho, Wo, 1, k*k), logits=like
-        weights). The logits are the layer's logits less their mean over the row's keys (the
-        shift the softmax ignores), recovered exactly as log weights: -inf for masked keys and
-        where a weight underflows float64 (a logit more than ~700 below the row's largest).
+        Returns dict(logits=(N, Ho, Wo, heads, k*k) in the layer's dtype, -inf for keys
+        outside the image with padding_mode='mask'; weights=the same shape in at least float32;
+        valid=(Ho, Wo, 1, k*k), True for keys inside the image).
         """
-        q, k, _, row_logits, col_logits, position_bias = (
-            None if t is None else t.double() for t in self.attention_inputs(x))
-        weights, valid = local_attention_weights_reference(
+        q, k, _, row_logits, col_logits, position_bias = self.attention_inputs(x)
+        logits, valid = local_attention_logits_reference(
             q, k, self.kernel_size, row_logits, col_logits, self.padding_mode, position_bias,
             self.query_stride, input_size=tuple(x.shape[-2:]))
-        log_weights = weights.log()
-        finite = torch.isfinite(log_weights)
-        mean = log_weights.where(finite, 0.0).sum(-1, keepdim=True) / finite.sum(-1, keepdim=True)
-        return dict(weights=weights, valid=valid, logits=log_weights - mean)
+        weights = torch.softmax(logits, dim=-1,
+                                dtype=torch.promote_types(logits.dtype, torch.float32))
+        return dict(logits=logits, weights=weights, valid=valid)
 
     def extra_repr(self) -> str:
         options = [f'{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}',
