@@ -1,8 +1,11 @@
 """tools/benchmark.py runs end to end and prints every method, the ratios and the machine."""
+import importlib.util
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,21 +41,32 @@ def test_long_table_gives_forward_and_training_times_per_dtype_and_method():
     assert all(row[-1] == '1.00x' for row in rows if row[1] == 'conv')
 
 
-def test_gpu_only_methods_and_unknown_dtypes_are_refused_by_name():
-    result = _benchmark('--quick', '--methods', 'conv,triton', check=False)
-    assert result.returncode == 2 and 'method triton needs --device cuda' in result.stderr
-    result = _benchmark('--quick', '--dtype', 'float64', check=False)
-    assert result.returncode == 2 and "unknown --dtype ['float64']" in result.stderr
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location('benchmark', ROOT / 'tools' / 'benchmark.py')
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    return benchmark
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--methods', 'conv,triton'], 'method triton needs --device cuda'),
+    (['--methods', 'conv,triton@512/4'], 'method triton needs --device cuda'),
+    (['--methods', 'conv,cuda_kernel'], "unknown methods ['cuda_kernel']"),
+    (['--dtype', 'float64'], "unknown --dtype ['float64']"),
+])
+def test_gpu_only_methods_and_unknown_names_are_refused_by_name(monkeypatch, capsys, argv,
+                                                                message):
+    monkeypatch.setattr(sys, 'argv', ['benchmark.py', *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        _load_benchmark().parse_args()
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_triton_tile_settings_are_parsed_from_the_method_name():
     """triton@<tile>/<warps> (for tuning on a GPU) sets the tile size and warps of its launches;
     plain triton restores the shipped ones."""
-    import importlib.util
     from sasa_det.ops import triton_op
-    spec = importlib.util.spec_from_file_location('benchmark', ROOT / 'tools' / 'benchmark.py')
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = _load_benchmark()
     shipped = (triton_op.TILE_ELEMENTS, triton_op.NUM_WARPS)
     assert benchmark.triton_setting('triton@1024/8') == (1024, 8)
     assert benchmark.triton_setting('triton@256') == (256, shipped[1])
