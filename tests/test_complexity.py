@@ -60,6 +60,9 @@ SASA_OPTION_COUNTS = [
     # all 36 positions.
     (dict(stride=2), 36 * 16 * 96 + 36 * 32 * 21 + 36 * 32, 1536 + 24),
     (dict(stride=2, downsample='query'), 9 * 16 * 32 + 36 * 16 * 64 + 9 * 32 * 21, 1536 + 24),
+    # Cosine similarity: normalise q (a square and a multiplication per channel, and the
+    # temperature) and k (a square and a multiplication) at every position; 4 temperatures.
+    (dict(similarity='cosine'), 36 * 16 * 96 + 36 * 32 * 21 + 36 * 32 * 5, 1536 + 24 + 4),
 ]
 
 

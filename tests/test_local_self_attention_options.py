@@ -1,4 +1,5 @@
-"""LocalSelfAttention2d's opt-in options (head_dim, position_bias, relative_tables, downsample):
+"""LocalSelfAttention2d's opt-in options (head_dim, position_bias, relative_tables, downsample,
+similarity):
 values, gradients and attention weights against a per-query Python loop and across the op's
 implementations, the properties each option promises, and their argument checks."""
 import itertools
@@ -24,6 +25,9 @@ OPTIONS = [
     dict(stride=2, downsample='query', positional_encoding='absolute'),
     dict(stride=2, downsample='query', logits='relative', position_bias=True),
     dict(position_bias=True, positional_encoding='none', logits='content', scale=0.5),
+    dict(similarity='cosine'),
+    dict(similarity='cosine', position_bias=True, stride=2, downsample='query'),
+    dict(similarity='cosine', positional_encoding='none', logits='content'),
 ]
 
 
@@ -32,9 +36,11 @@ def _layer(in_channels=6, out_channels=8, **kwargs):
     kwargs.setdefault('kernel_size', 3)
     kwargs.setdefault('heads', 2)
     layer = LocalSelfAttention2d(in_channels, out_channels, **kwargs).double()
-    if layer.position_bias is not None:  # zero at init: randomise so that it matters
-        with torch.no_grad():
+    with torch.no_grad():  # constant at init: randomise so that they matter
+        if layer.position_bias is not None:
             layer.position_bias.normal_()
+        if layer.logit_scale is not None:
+            layer.logit_scale.uniform_(0.0, 5.0)  # some heads above the clamp at log(100)
     return layer
 
 
@@ -45,6 +51,8 @@ def loop_attention(layer: LocalSelfAttention2d, x: torch.Tensor):
     (a, b) = (s*i + u - k//2, s*j + w - k//2), excluded when outside the image, and
         logit = q . k_ab + q . [r_row(u); r_col(w)] (the head's own tables when per head)
                 + position_bias[head, u, w]
+    with q = scale W_Q x, k = W_K x; with similarity='cosine', q = t W_Q x / |W_Q x| and
+    k = W_K x / |W_K x|, t = min(exp(logit_scale[head]), 100).
     Returns y (N, C_out, Ho, Wo) before the layer's average pool, the weights
     (N, Ho, Wo, heads, k*k), zero outside the image, and the logits, -inf there.
     """
@@ -61,6 +69,8 @@ def loop_attention(layer: LocalSelfAttention2d, x: torch.Tensor):
     for b, i, j, m in itertools.product(range(n), range(ho), range(wo), range(heads)):
         head = slice(m * d, (m + 1) * d)
         q = (layer.scale or 1.0) * (w_q[head] @ x[b, :, s * i, s * j])
+        if layer.similarity == 'cosine':
+            q = q / q.norm() * layer.logit_scale[m, 0].exp().clamp(max=100.0)
         logits, values, slots = [], [], []
         for u, w in itertools.product(range(k), range(k)):
             a, c = s * i + u - r, s * j + w - r
@@ -68,7 +78,10 @@ def loop_attention(layer: LocalSelfAttention2d, x: torch.Tensor):
                 continue
             logit = q.new_zeros(())
             if layer.uses_content:
-                logit = logit + q @ (w_k[head] @ x[b, :, a, c])
+                key = w_k[head] @ x[b, :, a, c]
+                if layer.similarity == 'cosine':
+                    key = key / key.norm()
+                logit = logit + q @ key
             if layer.positional_encoding == 'relative':
                 rows, cols = layer.rel_row, layer.rel_col
                 if layer.relative_tables == 'per_head':
@@ -236,6 +249,7 @@ def test_downsample_changes_nothing_at_stride_one():
     (dict(relative_tables='per_head'), (4 - 1) * 2 * 7 * 4),  # 3 more heads x 2 tables
     (dict(heads=None, head_dim=4), 2 * 7 * (2 - 4)),  # d = 4: tables of 2 dims, not 4
     (dict(stride=2, downsample='query'), 0),
+    (dict(similarity='cosine'), 4),  # one temperature per head
 ])
 def test_parameter_count_of_each_option(options, extra):
     """Paper layer, 16 -> 32 channels, 4 heads (d = 8), k = 7: 3 C_in C_out + 2 k d/2."""
@@ -253,7 +267,25 @@ def test_parameter_count_of_each_option(options, extra):
     (dict(relative_tables='per_head', positional_encoding='absolute'),
      "relative_tables='per_head' needs positional_encoding='relative'"),
     (dict(downsample='maxpool'), "downsample must be one of .*got 'maxpool'"),
+    (dict(similarity='l2'), "similarity must be one of .*got 'l2'"),
+    (dict(similarity='cosine', scale=0.5), "similarity='cosine' .* needs scale=None .*0.5"),
+    (dict(similarity='cosine', logits='relative', positional_encoding='relative'),
+     "similarity='cosine' .* key logits.*'relative'"),
 ])
 def test_bad_option_values_raise_value_errors_naming_them(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LocalSelfAttention2d(6, 8, **kwargs)
+
+
+def test_cosine_similarity_bounds_every_logit_by_the_temperature_whatever_the_input_scale():
+    """|q.k| <= t and |q.r| <= t |r| for unit q and k: scaling the input changes no logit."""
+    layer = LocalSelfAttention2d(6, 8, kernel_size=3, heads=2, similarity='cosine',
+                                 positional_encoding='none', logits='content').double()
+    x = torch.randn(1, 6, 5, 5, dtype=torch.float64)
+    logits = layer.attention_maps(x)['logits']
+    finite = logits[torch.isfinite(logits)]
+    assert finite.abs().max() <= 10.0 + 1e-12  # initial temperature 10
+    torch.testing.assert_close(layer.attention_maps(100.0 * x)['logits'], logits)
+    with torch.no_grad():
+        layer.logit_scale.fill_(10.0)  # exp(10) is clamped to 100
+    assert layer.attention_maps(x)['logits'].nan_to_num(neginf=0.0).abs().max() <= 100.0 + 1e-9

@@ -1,5 +1,5 @@
 """The parameter names a config's ``paramwise_cfg`` uses to exempt the attention layers' positional
-parameters (relative tables, position biases) and all norms from weight decay, checked with
+parameters (relative tables, position biases, cosine temperatures) and all norms from weight decay, checked with
 mmengine's own optimizer constructor on a detector with every kind of attention parameter."""
 import torch
 from mmdet.registry import MODELS
@@ -13,9 +13,10 @@ NO_DECAY = dict(decay_mult=0.0)
 PARAMWISE_CFG = dict(norm_decay_mult=0.0, custom_keys={
     '.rel_row': NO_DECAY, '.rel_col': NO_DECAY,  # SASA relative tables (shared or per head)
     '.position_bias': NO_DECAY,  # SASA learned position bias
+    '.logit_scale': NO_DECAY,  # SASA cosine-similarity temperature
     '.rel_height': NO_DECAY, '.rel_width': NO_DECAY,  # AA relative tables
 })
-EXEMPT = ('rel_row', 'rel_col', 'position_bias', 'rel_height', 'rel_width')
+EXEMPT = ('rel_row', 'rel_col', 'position_bias', 'logit_scale', 'rel_height', 'rel_width')
 
 
 def _detector():
@@ -31,7 +32,7 @@ def _detector():
                   norm_cfg=dict(type='GN', num_groups=4),
                   attention_cfg=dict(type='AA', heads=4)),
         bbox_head=dict(type='SASARetinaHead', num_classes=3, in_channels=32, feat_channels=32,
-                       stacked_convs=1, attention_cfg=attention,
+                       stacked_convs=1, attention_cfg=dict(attention, similarity='cosine'),
                        norm_cfg=dict(type='GN', num_groups=4),
                        anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
                                              scales_per_octave=1, ratios=[1.0],

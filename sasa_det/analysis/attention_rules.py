@@ -37,6 +37,8 @@ def local_self_attention(module: LocalSelfAttention2d, inputs, output) -> int:
     - q.r_row and q.r_col: Q * heads * (d/2 * k + d/2 * k) = Q * C_out * k, whether the tables
       are shared or per head;
     - softmax-weighted sum of the values: Q * C_out * k^2.
+    - similarity='cosine': the L2 norms of q and k (a square per channel) and the rescaling
+      (a multiplication per channel, for q also by the temperature): Q * 3 C_out + P * 2 C_out.
     The learned position bias is an addition to the logits: not a multiply-add. The number of
     heads changes no term (each is per channel), only the parameters.
     """
@@ -49,6 +51,8 @@ def local_self_attention(module: LocalSelfAttention2d, inputs, output) -> int:
         macs += queries * c_out * k * k  # q . k_ab
     if module.positional_encoding == 'relative':
         macs += queries * c_out * k  # q . r_row[u] + q . r_col[w]
+    if module.similarity == 'cosine':
+        macs += queries * c_out * 3 + positions * c_out * 2  # normalise q and k, scale q
     return macs
 
 

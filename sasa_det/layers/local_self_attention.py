@@ -16,7 +16,10 @@ POSITIONAL_ENCODINGS = ('relative', 'absolute', 'none')
 LOGITS = ('content+relative', 'relative', 'content')
 RELATIVE_TABLES = ('shared', 'per_head')
 DOWNSAMPLING = ('avgpool', 'query')
+SIMILARITIES = ('dot', 'cosine')
 PAPER_HEADS = 8
+# Scaled cosine attention (Swin Transformer V2): the temperature starts at 10, at most 100.
+COSINE_INITIAL_SCALE, COSINE_MAX_SCALE = 10.0, 100.0
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -91,6 +94,12 @@ class LocalSelfAttention2d(nn.Module):
             attention, then a 2x2 average pool) or 'query' (attention only from the queries at
             (2i, 2j), each over its k x k window of the full-resolution keys, like a strided
             convolution with padding k // 2: 4x fewer queries, as HaloNet's strided layers).
+        similarity: 'dot' (the paper: q . k, times ``scale`` if given) or 'cosine' (Swin
+            Transformer V2's scaled cosine attention: q and k are L2-normalised per head and q
+            is multiplied by a learned per-head temperature ``exp(logit_scale)``, initialised to
+            10 and clamped at 100, so every logit term, q.k and q.r alike, stays bounded by the
+            temperature times the table norm: no head collapses to one key or stays a uniform
+            blur by the accident of its input scale). Needs key logits and ``scale=None``.
         padding, dilation, groups: accepted for ``build_conv_layer`` compatibility; attention keeps
             the spatial size, so padding is ignored, and only dilation=1, groups=1 are supported.
 
@@ -104,8 +113,8 @@ class LocalSelfAttention2d(nn.Module):
                  scale: Optional[float] = None, bias: bool = False,
                  implementation: str = 'auto', head_dim: Optional[int] = None,
                  position_bias: bool = False, relative_tables: str = 'shared',
-                 downsample: str = 'avgpool', padding=None, dilation: int = 1,
-                 groups: int = 1) -> None:
+                 downsample: str = 'avgpool', similarity: str = 'dot', padding=None,
+                 dilation: int = 1, groups: int = 1) -> None:
         super().__init__()
         kernel_size = _square_kernel_size(kernel_size)
         if stride not in (1, 2, (1, 1), (2, 2)):
@@ -120,6 +129,11 @@ class LocalSelfAttention2d(nn.Module):
         _check_choice('implementation', implementation, IMPLEMENTATIONS)
         _check_choice('relative_tables', relative_tables, RELATIVE_TABLES)
         _check_choice('downsample', downsample, DOWNSAMPLING)
+        _check_choice('similarity', similarity, SIMILARITIES)
+        if similarity == 'cosine' and (scale is not None or logits == 'relative'):
+            raise ValueError(f"similarity='cosine' normalises q and k and learns its own scale: "
+                             f"it needs scale=None and key logits, got scale={scale!r}, "
+                             f"logits={logits!r}")
         if not isinstance(position_bias, bool):
             raise ValueError(f'position_bias must be True or False, got {position_bias!r}')
         self._check_positional(positional_encoding, logits, relative_tables, out_channels // heads)
@@ -131,6 +145,7 @@ class LocalSelfAttention2d(nn.Module):
         self.positional_encoding, self.logits = positional_encoding, logits
         self.padding_mode, self.implementation = padding_mode, implementation
         self.scale, self.relative_tables, self.downsample = scale, relative_tables, downsample
+        self.similarity = similarity
         self.uses_content = logits != 'relative'
         # Queries sit every query_stride pixels; the pool takes the rest of the stride.
         self.query_stride = stride if downsample == 'query' else 1
@@ -175,6 +190,8 @@ class LocalSelfAttention2d(nn.Module):
         self.position_bias = nn.Parameter(
             torch.zeros(self.heads, self.kernel_size, self.kernel_size)) if position_bias else None
         self.bias = nn.Parameter(torch.zeros(self.out_channels)) if bias else None
+        self.logit_scale = nn.Parameter(torch.empty(self.heads, 1)) \
+            if self.similarity == 'cosine' else None
 
     def reset_parameters(self) -> None:
         # Kaiming-normal fan-in init of each projection, as for the 1x1 convs they are.
@@ -184,6 +201,8 @@ class LocalSelfAttention2d(nn.Module):
             nn.init.normal_(self.rel_col, std=self.head_dim ** -0.5)
         if self.position_bias is not None:
             nn.init.zeros_(self.position_bias)  # starts as the paper's layer
+        if self.logit_scale is not None:
+            nn.init.constant_(self.logit_scale, math.log(COSINE_INITIAL_SCALE))
 
     @property
     def value_weight(self) -> Tensor:
@@ -215,7 +234,11 @@ class LocalSelfAttention2d(nn.Module):
         # unbind: one backward (a stack) instead of a zero-filled kv-sized gradient per select.
         *k, v = kv.unbind(-3)
         k = k[0] if k else None
-        if self.scale is not None:
+        if self.logit_scale is not None:
+            temperature = self.logit_scale.clamp(max=math.log(COSINE_MAX_SCALE)).exp()
+            q = F.normalize(q, dim=-1) * temperature.to(q.dtype)  # (heads, 1) per head
+            k = F.normalize(k, dim=-1)
+        elif self.scale is not None:
             q = q * self.scale
 
         row_logits = col_logits = None
@@ -277,4 +300,6 @@ class LocalSelfAttention2d(nn.Module):
             options.append(f'relative_tables={self.relative_tables!r}')
         if self.stride > 1:
             options.append(f'downsample={self.downsample!r}')
+        if self.similarity != 'dot':
+            options.append(f'similarity={self.similarity!r}')
         return ', '.join(options)
