@@ -133,8 +133,8 @@ CONFIGS = sorted(glob.glob(osp.join(CONFIG_DIR, '*.py')) + glob.glob(osp.join(CO
 
 def tiny_detector_cfg(path):
     """The config's model at width 16 (backbone base and stem 16, FPN and head 16), depth 26,
-    2 head convs and 4 classes, with its own layer types, attention settings and heads: the
-    structure under test."""
+    2 head convs and 4 classes, with its own layer types, attention settings, heads and norms
+    (GroupNorm with 4 groups, as 16 channels allow): the structure under test."""
     cfg = Config.fromfile(path)
     model = cfg.model
     model.backbone.update(base_channels=16, stem_channels=16, init_cfg=None)
@@ -142,6 +142,9 @@ def tiny_detector_cfg(path):
         model.backbone.depth = 26
     model.neck.update(in_channels=[64, 128, 256, 512], out_channels=16)
     model.bbox_head.update(in_channels=16, feat_channels=16, stacked_convs=2, num_classes=4)
+    for part in (model.neck, model.bbox_head):
+        if (part.get('norm_cfg') or {}).get('type') == 'GN':
+            part.norm_cfg.num_groups = 4
     return cfg
 
 
