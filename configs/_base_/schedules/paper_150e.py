@@ -1,6 +1,6 @@
 # The paper's COCO schedule: 150 epochs at batch 64, linear warm-up then cosine decay, and
 # SyncBN, since all five models train from scratch.
-_base_ = 'mmdet::_base_/schedules/schedule_1x.py'
+_base_ = './schedule_1x.py'  # mmdet's 1x with no decay on attention's positional parameters
 
 max_epochs = 150
 train_cfg = dict(max_epochs=max_epochs, val_interval=5)

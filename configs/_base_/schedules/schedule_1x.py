@@ -2,4 +2,11 @@
 # for batch 16 (8 GPUs x 2), linear warm-up over 500 iterations, lr x 0.1 after epochs 8 and 11.
 _base_ = 'mmdet::_base_/schedules/schedule_1x.py'
 
-optim_wrapper = dict(optimizer=dict(lr=0.01))
+# Attention's positional parameters (relative tables, position biases, cosine temperatures) take
+# no weight decay; convolutional models have none of them.
+no_decay = dict(decay_mult=0.0)
+positional_no_decay = dict(custom_keys={
+    '.rel_row': no_decay, '.rel_col': no_decay, '.position_bias': no_decay,
+    '.logit_scale': no_decay, '.rel_height': no_decay, '.rel_width': no_decay})
+
+optim_wrapper = dict(optimizer=dict(lr=0.01), paramwise_cfg=positional_no_decay)
