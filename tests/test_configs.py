@@ -97,11 +97,12 @@ def test_config_selects_the_reliability_parts(name):
 
 def test_coco_configs_differ_from_mmdets_retinanet_where_documented():
     """The baseline is mmdet's RetinaNet 1x (inherited, not restated) except: from scratch,
-    P6 from P5, and the project's dataset and hooks."""
+    P6 from P5, GroupNorm in the FPN and head, and the project's dataset and hooks."""
     cfg = load('retinanet_r50.py')
     assert cfg.model.backbone.init_cfg is None and cfg.model.backbone.frozen_stages == -1
     assert cfg.model.backbone.norm_eval is False
     assert cfg.model.neck.add_extra_convs == 'on_output'
+    assert cfg.model.neck.norm_cfg.type == cfg.model.bbox_head.norm_cfg.type == 'GN'
     assert cfg.optim_wrapper.optimizer.lr == 0.01  # mmdet's RetinaNet lr, not its base 0.02
     assert cfg.train_cfg.max_epochs == 12 and cfg.default_hooks.checkpoint.max_keep_ckpts == 3
     assert cfg.train_dataloader.dataset.ann_file == 'annotations/instances_train2017.json'
