@@ -49,3 +49,29 @@ def test_coco128_configs_change_only_the_data_and_the_number_of_classes(name, mo
     assert demo.model.bbox_head.pop('num_classes') == 4
     assert coco128.model == demo.model
     assert coco128.optim_wrapper == demo.optim_wrapper
+
+
+PAPER_LAYER = {f'model.{part}.attention_cfg.{key}': value
+               for part in ('backbone', 'neck', 'bbox_head')
+               for key, value in (('similarity', 'dot'), ('position_bias', False))}
+
+
+def test_the_coco_headline_configs_paper_layer_is_one_cfg_options_away():
+    """README's override turns every SASA layer of the headline COCO model into the paper's."""
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS as DETECTORS
+
+    import sasa_det  # noqa: F401
+    from sasa_det.layers import LocalSelfAttention2d
+
+    cfg = Config.fromfile(str(ROOT / 'configs' / 'retinanet_sasa_r26.py'))
+    init_default_scope('mmdet')
+    ours = [m for m in DETECTORS.build(cfg.model).modules()
+            if isinstance(m, LocalSelfAttention2d)]
+    assert ours and all(m.similarity == 'cosine' and m.position_bias is not None for m in ours)
+    cfg.merge_from_dict(PAPER_LAYER)
+    paper = [m for m in DETECTORS.build(cfg.model).modules()
+             if isinstance(m, LocalSelfAttention2d)]
+    assert len(paper) == len(ours)
+    assert all(m.similarity == 'dot' and m.position_bias is None and m.scale is None
+               and m.kernel_size == 7 and m.heads == 8 for m in paper)
