@@ -173,7 +173,7 @@ class _Last(nn.Module):
 def test_resnet50_matches_mmengine_flop_analyzer():
     """mmdet ResNet-50 + 1000-class fc at 224 x 224: 25.56M parameters and the multiply-adds
     mmengine's FlopAnalyzer reports (it names them "flops"), within 1%."""
-    analysis = pytest.importorskip('mmengine.analysis')
+    from mmengine import analysis
     model = _mmdet_resnet_classifier(50)
     model.eval()
     ours = complexity(model, (3, 224, 224))
@@ -189,8 +189,7 @@ def test_retinanet_neck_and_head_match_mmengine_flop_analyzer():
     """An mmdet RetinaNet (ResNet-18, FPN with nearest upsampling, shared head convs) counts as
     FlopAnalyzer counts it, within 1%; the breakdown gives every part its share, the head
     included although the detector calls ``bbox_head.forward`` directly."""
-    analysis = pytest.importorskip('mmengine.analysis')
-    pytest.importorskip('mmdet')
+    from mmengine import analysis
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
@@ -239,7 +238,7 @@ def test_sasa_resnet50_reproduces_the_papers_imagenet_row():
     """timm sasa_resnet50 (conv stem, SASA k=7 in every bottleneck) at 224 x 224 with the
     1000-class classifier: the paper's 18.0M parameters (within 1%) and 7.0 GFLOPs (within 3%;
     we measure 6.85), i.e. about 12-17% fewer FLOPs than the 8.22 GFLOPs ResNet-50."""
-    timm = pytest.importorskip('timm')
+    import timm
     result = complexity(timm.create_model('sasa_resnet50', num_classes=1000), (3, 224, 224))
     assert abs(result['params'] / 18.0e6 - 1) < 0.01, result
     assert abs(result['flops'] / 7.0e9 - 1) < 0.03, result
