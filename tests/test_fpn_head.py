@@ -1,4 +1,4 @@
-"""SASAFPN and SASARetinaHead (DESIGN.md section 4): structure, shapes, sharing, initialisation."""
+"""SASAFPN and SASARetinaHead: structure, shapes, sharing across levels, initialisation."""
 import math
 
 import pytest

@@ -23,7 +23,7 @@ def _layer(in_channels=6, out_channels=8, **kwargs):
 
 
 def _paper_formula(layer: LocalSelfAttention2d, x: torch.Tensor) -> torch.Tensor:
-    """The SASA layer written pixel by pixel from the paper (and DESIGN.md section 2)."""
+    """The SASA layer written pixel by pixel from the paper."""
     n, _, height, width = x.shape
     heads, d, k, r = layer.heads, layer.head_dim, layer.kernel_size, layer.kernel_size // 2
     w_q, *w_rest = layer.qkv.weight.split(layer.out_channels)

@@ -1,4 +1,4 @@
-"""SpatiallyAwareStem: the attention stem of DESIGN.md section 3, against an explicit reference."""
+"""SpatiallyAwareStem: the paper's spatially-aware attention stem, against an explicit reference."""
 import math
 
 import pytest

@@ -3,7 +3,7 @@
 (a) ImageNet classifiers at 224 x 224 with the 1000-class classifier: convolutional ResNet
     baselines (mmdet's ResNet + global pool + fc), conv stem + attention (timm ``sasa_resnetD``)
     and full attention (``sasa_resnetD_attnstem``), beside the paper's Table 1.
-(b) RetinaNet at 640 x 640 for the five configs of DESIGN.md section 6: backbone, FPN and head
+(b) RetinaNet at 640 x 640 for the five COCO configs (README, "Configs"): backbone, FPN and head
     (the detector's 'tensor' mode; no anchors, no NMS), against the convolutional RetinaNet.
 (c) One SASA layer with each opt-in option of LocalSelfAttention2d, against the paper's layer.
 
