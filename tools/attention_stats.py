@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
+from mmengine.config import DictAction
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
@@ -92,7 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--layers', nargs='+', help='only these layers (module names)')
     parser.add_argument('--out', help='also write the statistics to this CSV file')
     parser.add_argument('--seed', type=int, default=0, help='seed of the initialisation')
-    parser.add_argument('--cfg-options', nargs='+', default=None, metavar='KEY=VALUE',
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
                         help='override config entries, as in tools/train.py')
     args = parser.parse_args(argv)
     if args.num_images < 1:
@@ -101,14 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> dict[str, dict[str, float]]:
-    from mmengine.config import DictAction
-
     args = parse_args(argv)
-    if args.cfg_options is not None:
-        action = DictAction(option_strings=[], dest='cfg_options')
-        namespace = argparse.Namespace()
-        action(None, namespace, args.cfg_options)
-        args.cfg_options = namespace.cfg_options
     args.work_dir, args.launcher = None, 'none'
     torch.manual_seed(args.seed)
     stats = collect(load_config(args), args.checkpoint, args.num_images, args.layers)
