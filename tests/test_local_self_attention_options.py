@@ -125,7 +125,8 @@ def test_attention_weights_match_the_per_query_loop(options):
     """attention_weights reads the op's reference weights; the mask marks in-image offsets."""
     layer = _layer(**options)
     x = torch.randn(1, 6, 5, 4, dtype=torch.float64)
-    weights, valid = layer.attention_weights(x)
+    maps = layer.attention_maps(x)
+    weights, valid = maps['weights'], maps['valid']
     _, expected, _ = loop_attention(layer, x)
     torch.testing.assert_close(weights, expected)
     assert torch.equal(valid.expand_as(weights), expected > 0)
@@ -194,7 +195,7 @@ def test_position_bias_alone_gives_content_free_weights():
     layer = _layer(kernel_size=3, position_bias=True)
     with torch.no_grad():
         layer.qkv.weight[:layer.out_channels].zero_()
-    weights, _ = layer.attention_weights(torch.randn(2, 6, 5, 5, dtype=torch.float64))
+    weights = layer.attention_maps(torch.randn(2, 6, 5, 5, dtype=torch.float64))['weights']
     expected = torch.softmax(layer.position_bias.flatten(1), -1)  # (heads, k*k)
     interior = weights[:, 1:-1, 1:-1]
     torch.testing.assert_close(interior, expected.expand_as(interior))

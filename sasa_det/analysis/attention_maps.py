@@ -24,9 +24,9 @@ def capture_attention(model: nn.Module, layer_names=None) -> Iterator[Dict[str, 
 
     Yields a dict: layer name -> list of captures, one per call of the layer (a head layer runs
     once per pyramid level), each ``dict(weights=(B, Ho, Wo, heads, k*k), valid=(Ho, Wo, 1,
-    k*k), logits=same as weights, kernel_size=k, input_size=(H, W) of the layer's input)``
-    detached on the CPU. ``layer_names`` limits
-    the capture to those names (``model.named_modules()`` names); unknown names raise.
+    k*k), logits=same as weights, kernel_size=k, input_size=(H, W) of the layer's input)``,
+    detached and on the CPU. ``layer_names`` limits the capture to those names
+    (``model.named_modules()`` names); unknown names raise.
     """
     layers = {name: m for name, m in model.named_modules()
               if isinstance(m, LocalSelfAttention2d)}
@@ -41,7 +41,7 @@ def capture_attention(model: nn.Module, layer_names=None) -> Iterator[Dict[str, 
     def hook(name):
         def record(module, inputs, output):
             with torch.no_grad():
-                maps = module.attention_maps(inputs[0])
+                maps = {key: t.cpu() for key, t in module.attention_maps(inputs[0]).items()}
             captured[name].append(dict(maps, kernel_size=module.kernel_size,
                                        input_size=tuple(inputs[0].shape[-2:])))
         return record

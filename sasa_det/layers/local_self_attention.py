@@ -7,8 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import (local_attention_2d, local_attention_logits_reference,
-                   local_attention_weights_reference)
+from ..ops import local_attention_2d, local_attention_logits_reference
 from ..ops.local_attention import IMPLEMENTATIONS, PADDING_MODES
 from .positional import sinusoidal_2d
 
@@ -259,18 +258,6 @@ class LocalSelfAttention2d(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return self.pool(y.permute(0, 3, 1, 2))  # (N, C, H, W), channels-last in memory
-
-    def attention_weights(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Each query's attention weights over its window, computed by the op's reference.
-
-        Returns (weights, valid) of :func:`sasa_det.ops.local_attention_weights_reference`:
-        weights (N, Ho, Wo, heads, k*k), offsets in row-major (u, w) order, before any
-        average pool; valid (Ho, Wo, 1, k*k), True for window positions inside the image.
-        """
-        q, k, _, row_logits, col_logits, position_bias = self.attention_inputs(x)
-        return local_attention_weights_reference(
-            q, k, self.kernel_size, row_logits, col_logits, self.padding_mode, position_bias,
-            self.query_stride, input_size=tuple(x.shape[-2:]))
 
     def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
         """The attention on x for diagnostics: the logits from the op's reference
