@@ -174,6 +174,18 @@ def test_seed_sweep_tabulates_mean_std_and_range_over_the_seeds_found(tmp_path, 
     assert (tmp_path / 't.md').read_text().count('\n') == 3
 
 
+def test_seed_sweep_counts_complexity_with_the_cfg_options_the_runs_use(tmp_path):
+    _test_result(tmp_path / SASA_DEMO.stem / 'seed0', 0.5, 0.7)
+    plain, = _tool('seed_sweep').main([str(SASA_DEMO), '--seeds', '0', '--no-run',
+                                       '--work-dir', str(tmp_path)])
+    larger, = _tool('seed_sweep').main([
+        str(SASA_DEMO), '--seeds', '0', '--no-run', '--work-dir', str(tmp_path),
+        '--cfg-options', 'test_dataloader.dataset.pipeline.1.scale=(160,160)'])
+    assert plain['input_size'] == (128, 128) and larger['input_size'] == (160, 160)
+    assert larger['flops'] > 1.5 * plain['flops']  # (160 / 128) ** 2 = 1.56 times the pixels
+    assert larger['mAP'] == plain['mAP'] == '0.500'
+
+
 @pytest.mark.parametrize('argv, message', [
     (['--seeds', '0', '0'], 'distinct non-negative'),
     (['--names', 'a', 'b'], '--names has 2 values for 1 configs'),

@@ -120,7 +120,7 @@ def load_results(path: str | Path) -> tuple[dict[str, float], Path]:
 
 def input_size_from_config(cfg) -> tuple[int, int] | None:
     """(H, W) of a fixed-size test input (a Resize without keep_ratio), else None."""
-    pipeline = cfg.get('test_pipeline') or cfg.test_dataloader.dataset.get('pipeline', [])
+    pipeline = cfg.test_dataloader.dataset.get('pipeline') or cfg.get('test_pipeline', [])
     for step in pipeline:
         if step.get('type') == 'Resize' and not step.get('keep_ratio', False):
             scale = step['scale']
@@ -130,9 +130,10 @@ def input_size_from_config(cfg) -> tuple[int, int] | None:
     return None
 
 
-def model_complexity(config: str | Path, input_size: tuple[int, int] | None
-                     ) -> dict[str, float]:
-    """params, macs, flops and the (H, W) used, of the detector built from ``config``."""
+def model_complexity(config: str | Path, input_size: tuple[int, int] | None,
+                     cfg_options: dict | None = None) -> dict[str, float]:
+    """params, macs, flops and the (H, W) used, of the detector built from ``config`` with
+    ``cfg_options`` (``--cfg-options``-style keys) merged in."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
@@ -143,6 +144,8 @@ def model_complexity(config: str | Path, input_size: tuple[int, int] | None
     if not config.is_file():
         raise FileNotFoundError(f'config file {config} does not exist')
     cfg = Config.fromfile(str(config))  # also imports custom_imports (sasa_det)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     size = input_size or input_size_from_config(cfg) or (640, 640)
     model = MODELS.build(cfg.model)

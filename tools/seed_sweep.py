@@ -27,6 +27,7 @@ from pathlib import Path
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
 from analyze import ResultFileError, load_results, model_complexity  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 SUMMARISED = ('mAP', 'AP50')
 
@@ -79,6 +80,13 @@ def sweep_row(name: str, config: Path, work_dir: Path, seeds: list[int]) -> dict
     return row
 
 
+def parse_cfg_options(options: list[str]) -> dict:
+    """``KEY=VALUE`` strings as train.py's ``--cfg-options`` reads them."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='*', action=DictAction, default={})
+    return parser.parse_args(['--cfg-options', *options]).cfg_options
+
+
 def format_table(rows: list[dict]) -> str:
     header = ['model', 'input', 'params (M)', 'GFLOPs', 'seeds', 'mAP', 'AP50', 'mAP per seed']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(['---'] * len(header)) + '|']
@@ -99,7 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='seeds to run and summarise (default: 0 1 2)')
     parser.add_argument('--work-dir', type=Path, default=Path('work_dirs/sweep'))
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
-                        help='passed to every training and test run')
+                        help='passed to every training and test run, and to the complexity '
+                             'count (input size, FLOPs) of every row')
     parser.add_argument('--no-run', action='store_true',
                         help='only tabulate the runs that are already there')
     parser.add_argument('--table', type=Path, help='also write the Markdown table here')
@@ -132,7 +141,8 @@ def main(argv=None) -> list[dict]:
     rows = []
     for name, config in zip(names, args.configs):
         row = sweep_row(name, config, args.work_dir, args.seeds)
-        row.update(model_complexity(config, None))  # at the config's test input size
+        # at the test input size of the config with the options, as trained and tested
+        row.update(model_complexity(config, None, parse_cfg_options(args.cfg_options)))
         rows.append(row)
     table = format_table(rows)
     print(f'\nFLOPs = 2 x multiply-adds; mAP, AP50: COCO bbox metrics on the test split, mean '
