@@ -184,11 +184,15 @@ def test_seed_sweep_counts_complexity_with_the_cfg_options_the_runs_use(tmp_path
     assert plain['input_size'] == (128, 128) and larger['input_size'] == (160, 160)
     assert larger['flops'] > 1.5 * plain['flops']  # (160 / 128) ** 2 = 1.56 times the pixels
     assert larger['mAP'] == plain['mAP'] == '0.500'
+    given, = _tool('seed_sweep').main([str(SASA_DEMO), '--seeds', '0', '--no-run', '--work-dir',
+                                       str(tmp_path), '--input-size', '96'])
+    assert given['input_size'] == (96, 96)
 
 
 @pytest.mark.parametrize('argv, message', [
     (['--seeds', '0', '0'], 'distinct non-negative'),
     (['--names', 'a', 'b'], '--names has 2 values for 1 configs'),
+    (['--input-size', '1', '2', '3'], '--input-size takes H or H W'),
 ])
 def test_seed_sweep_refuses_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit):

@@ -109,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='passed to every training and test run, and to the complexity '
                              'count (input size, FLOPs) of every row')
+    parser.add_argument('--input-size', type=int, nargs='+', metavar=('H', 'W'),
+                        help="input size for params/FLOPs (default: the test pipeline's fixed "
+                             'Resize, else 640x640), as in analyze.py')
     parser.add_argument('--no-run', action='store_true',
                         help='only tabulate the runs that are already there')
     parser.add_argument('--table', type=Path, help='also write the Markdown table here')
@@ -117,6 +120,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f'--names has {len(args.names)} values for {len(args.configs)} configs')
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         parser.error(f'--seeds must be distinct non-negative integers, got {args.seeds}')
+    if args.input_size is not None and len(args.input_size) not in (1, 2):
+        parser.error(f'--input-size takes H or H W, got {args.input_size}')
     missing = [str(c) for c in args.configs if not c.is_file()]
     if missing:
         parser.error(f'config files not found: {", ".join(missing)}')
@@ -138,11 +143,12 @@ def main(argv=None) -> list[dict]:
                 print(f'seed_sweep: training and testing {config} with seed {seed}', flush=True)
                 train_and_test(config, seed, directory, args.cfg_options)
     names = args.names or [c.stem for c in args.configs]
+    size = None if args.input_size is None else (args.input_size[0], args.input_size[-1])
     rows = []
     for name, config in zip(names, args.configs):
         row = sweep_row(name, config, args.work_dir, args.seeds)
-        # at the test input size of the config with the options, as trained and tested
-        row.update(model_complexity(config, None, parse_cfg_options(args.cfg_options)))
+        # at --input-size, else at the test input size of the config with the options
+        row.update(model_complexity(config, size, parse_cfg_options(args.cfg_options)))
         rows.append(row)
     table = format_table(rows)
     print(f'\nFLOPs = 2 x multiply-adds; mAP, AP50: COCO bbox metrics on the test split, mean '
