@@ -130,6 +130,23 @@ def input_size_from_config(cfg) -> tuple[int, int] | None:
     return None
 
 
+def add_input_size_option(parser: argparse.ArgumentParser) -> None:
+    """``--input-size H [W]``; turn its values into (H, W) with ``input_size_option``."""
+    parser.add_argument('--input-size', type=int, nargs='+', metavar=('H', 'W'),
+                        help="input size for params/FLOPs (default: the test pipeline's fixed "
+                             'Resize, else 640x640)')
+
+
+def input_size_option(parser: argparse.ArgumentParser, values: list[int] | None
+                      ) -> tuple[int, int] | None:
+    """(H, W) from ``--input-size``'s values (one value: a square), None when not given."""
+    if values is None:
+        return None
+    if len(values) not in (1, 2):
+        parser.error(f'--input-size takes H or H W, got {values}')
+    return values[0], values[-1]
+
+
 def model_complexity(config: str | Path, input_size: tuple[int, int] | None,
                      cfg_options: dict | None = None) -> dict[str, float]:
     """params, macs, flops and the (H, W) used, of the detector built from ``config`` with
@@ -231,9 +248,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              'work_dirs/<config name>)')
     parser.add_argument('--names', nargs='+', help='model names for the table (default: '
                                                    'config file names)')
-    parser.add_argument('--input-size', type=int, nargs='+', metavar=('H', 'W'),
-                        help='input size for params/FLOPs (default: the test pipeline\'s fixed '
-                             'Resize, else 640x640)')
+    add_input_size_option(parser)
     parser.add_argument('--complexity-only', action='store_true',
                         help='only params and FLOPs: no result files needed, no plot')
     parser.add_argument('--plot', default='work_dirs/analyze/map_vs_flops.png',
@@ -246,16 +261,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         values = getattr(args, option)
         if values is not None and len(values) != len(args.configs):
             parser.error(f'--{option} has {len(values)} values for {len(args.configs)} configs')
-    if args.input_size is not None and len(args.input_size) not in (1, 2):
-        parser.error(f'--input-size takes H or H W, got {args.input_size}')
+    args.input_size = input_size_option(parser, args.input_size)
     return args
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    size = None
-    if args.input_size is not None:
-        size = (args.input_size[0], args.input_size[-1])
+    size = args.input_size
     names = args.names or [Path(c).stem for c in args.configs]
     results = args.results or [str(Path('work_dirs') / Path(c).stem) for c in args.configs]
     rows = []

@@ -26,7 +26,8 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-from analyze import ResultFileError, load_results, model_complexity  # noqa: E402
+from analyze import (ResultFileError, add_input_size_option, input_size_option,  # noqa: E402
+                     load_results, model_complexity)
 from mmengine.config import DictAction  # noqa: E402
 
 SUMMARISED = ('mAP', 'AP50')
@@ -109,9 +110,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='passed to every training and test run, and to the complexity '
                              'count (input size, FLOPs) of every row')
-    parser.add_argument('--input-size', type=int, nargs='+', metavar=('H', 'W'),
-                        help="input size for params/FLOPs (default: the test pipeline's fixed "
-                             'Resize, else 640x640), as in analyze.py')
+    add_input_size_option(parser)
     parser.add_argument('--no-run', action='store_true',
                         help='only tabulate the runs that are already there')
     parser.add_argument('--table', type=Path, help='also write the Markdown table here')
@@ -120,8 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f'--names has {len(args.names)} values for {len(args.configs)} configs')
     if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
         parser.error(f'--seeds must be distinct non-negative integers, got {args.seeds}')
-    if args.input_size is not None and len(args.input_size) not in (1, 2):
-        parser.error(f'--input-size takes H or H W, got {args.input_size}')
+    args.input_size = input_size_option(parser, args.input_size)
     missing = [str(c) for c in args.configs if not c.is_file()]
     if missing:
         parser.error(f'config files not found: {", ".join(missing)}')
@@ -143,12 +141,11 @@ def main(argv=None) -> list[dict]:
                 print(f'seed_sweep: training and testing {config} with seed {seed}', flush=True)
                 train_and_test(config, seed, directory, args.cfg_options)
     names = args.names or [c.stem for c in args.configs]
-    size = None if args.input_size is None else (args.input_size[0], args.input_size[-1])
     rows = []
     for name, config in zip(names, args.configs):
         row = sweep_row(name, config, args.work_dir, args.seeds)
         # at --input-size, else at the test input size of the config with the options
-        row.update(model_complexity(config, size, parse_cfg_options(args.cfg_options)))
+        row.update(model_complexity(config, args.input_size, parse_cfg_options(args.cfg_options)))
         rows.append(row)
     table = format_table(rows)
     print(f'\nFLOPs = 2 x multiply-adds; mAP, AP50: COCO bbox metrics on the test split, mean '
