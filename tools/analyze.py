@@ -267,7 +267,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    size = args.input_size
     names = args.names or [Path(c).stem for c in args.configs]
     results = args.results or [str(Path('work_dirs') / Path(c).stem) for c in args.configs]
     rows = []
@@ -278,7 +277,7 @@ def main(argv=None) -> list[dict]:
                 metrics, source = load_results(result)
                 print(f'{name}: results from {source}')
                 row.update(metrics)
-            row.update(model_complexity(config, size))
+            row.update(model_complexity(config, args.input_size))
             rows.append(row)
     except (ResultFileError, FileNotFoundError) as err:
         sys.exit(f'analyze.py: error: {err}')

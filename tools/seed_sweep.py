@@ -131,6 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
+    overrides = parse_cfg_options(args.cfg_options)  # a malformed option fails before any run
     if not args.no_run:
         for config in args.configs:
             for seed in args.seeds:
@@ -145,7 +146,7 @@ def main(argv=None) -> list[dict]:
     for name, config in zip(names, args.configs):
         row = sweep_row(name, config, args.work_dir, args.seeds)
         # at --input-size, else at the test input size of the config with the options
-        row.update(model_complexity(config, args.input_size, parse_cfg_options(args.cfg_options)))
+        row.update(model_complexity(config, args.input_size, overrides))
         rows.append(row)
     table = format_table(rows)
     print(f'\nFLOPs = 2 x multiply-adds; mAP, AP50: COCO bbox metrics on the test split, mean '
