@@ -55,6 +55,11 @@ def _resolve_heads(out_channels: int, heads: Optional[int], head_dim: Optional[i
     return heads
 
 
+def _channels_last(planar: Tensor) -> Tensor:
+    """(B, heads, m, H, W) -> the op's (B, H, W, heads, m) view of the same memory."""
+    return planar.permute(0, 3, 4, 1, 2)
+
+
 class LocalSelfAttention2d(nn.Module):
     """Stand-alone self-attention over each pixel's k x k neighbourhood (Ramachandran et al. 2019).
 
@@ -209,55 +214,76 @@ class LocalSelfAttention2d(nn.Module):
         return self.qkv.weight[-self.out_channels:]
 
     def _relative_logits(self, q: Tensor) -> Tuple[Tensor, Tensor]:
-        """q . r_row[u] and q . r_col[w]: two (B, Ho, Wo, heads, k) tensors."""
-        if self.relative_tables == 'shared':
-            # One matmul with block-diagonal [[r_row^T, 0], [0, r_col^T]] of shape (d, 2k): no
-            # strided halves of q, no slice backwards.
-            tables = torch.block_diag(self.rel_row.t(), self.rel_col.t()).to(q.dtype)
-            return (q @ tables).split(self.kernel_size, dim=-1)
-        q_row, q_col = q.split(self.head_dim // 2, dim=-1)  # head n meets its own tables
-        return (torch.einsum('bhwnc,nkc->bhwnk', q_row, self.rel_row.to(q.dtype)),
-                torch.einsum('bhwnc,nkc->bhwnk', q_col, self.rel_col.to(q.dtype)))
+        """q . r_row[u] and q . r_col[w] for planar q (B, heads, d, Ho, Wo): two planar
+        (B, heads, k, Ho, Wo) tensors. The row tables meet the first d/2 channels of each head,
+        the column tables the last d/2."""
+        b, heads, d, h, w = q.shape
+        halves = q.reshape(b * heads, d, h * w).split(d // 2, dim=1)  # views if q is contiguous
+        logits = []
+        for table, half in zip((self.rel_row, self.rel_col), halves):
+            table = table.to(q.dtype)
+            if self.relative_tables == 'shared':  # (k, d/2), the same for every head
+                table = table.expand(b * heads, -1, -1)
+            else:  # (heads, k, d/2), one per head
+                table = table.expand(b, -1, -1, -1).flatten(0, 1)
+            # bmm, not matmul: matmul's broadcasting copies q and the tables.
+            logits.append(torch.bmm(table, half).view(b, heads, -1, h, w))
+        return logits[0], logits[1]
+
+    def _project(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The 1x1 projection of x (N, C_in, H, W) by weight (P * C_out, C_in), in planar
+        layout: (N, P, heads, d, H, W), each channel's image contiguous."""
+        n, _, h, w = x.shape
+        # (N, P * C_out, H * W), no transposition. bmm on the expanded weight: matmul's
+        # broadcasting copies the weight per image and its backward copies again (2x slower).
+        y = torch.bmm(weight.expand(n, -1, -1), x.flatten(2))
+        return y.view(n, -1, self.heads, self.head_dim, h, w)
 
     def attention_inputs(self, x: Tensor) -> Tuple[Tensor, ...]:
         """The arguments of :func:`sasa_det.ops.local_attention_2d` for input x (N, C_in, H, W):
         q (N, Ho, Wo, heads, d) at the query positions, (Ho, Wo) = ceil((H, W) / query_stride);
         k (or None), v (N, H, W, heads, d); row and column logits (N, Ho, Wo, heads, k) or None;
-        the position bias (heads, k, k) or None."""
-        n, _, h, w = x.shape
+        the position bias (heads, k, k) or None.
+
+        Everything is computed in planar layout, (N, heads, d or k, H, W) in memory, and handed
+        to the op as permuted views of it: the projection is one matmul on the NCHW input, and
+        the op's kernels read each channel's image rows contiguously."""
+        h, w = x.shape[-2:]
         s, c_out = self.query_stride, self.out_channels
-        x = x.permute(0, 2, 3, 1)  # channels-last: every head's d channels contiguous per pixel
         weight = self.qkv.weight
-        q = F.linear(x[:, ::s, ::s], weight[:c_out]).unflatten(-1, (self.heads, self.head_dim))
-        kv = F.linear(x, weight[c_out:]).unflatten(-1, (-1, self.heads, self.head_dim))
-        # unbind: one backward (a stack) instead of a zero-filled kv-sized gradient per select.
-        *k, v = kv.unbind(-3)
-        k = k[0] if k else None
+        # q alone, so that it is contiguous for the relative logits' bmm; k and v from one
+        # projection, split by unbind: one stack in backward instead of a zero-filled gradient
+        # per select.
+        q = self._project(x[:, :, ::s, ::s] if s > 1 else x, weight[:c_out]).squeeze(1)
+        kv = self._project(x, weight[c_out:]).unbind(1)
+        k, v = kv if len(kv) == 2 else (None, kv[0])
         if self.logit_scale is not None:
             temperature = self.logit_scale.clamp(max=math.log(COSINE_MAX_SCALE)).exp()
-            q = F.normalize(q, dim=-1) * temperature.to(q.dtype)  # (heads, 1) per head
-            k = F.normalize(k, dim=-1)
+            q = F.normalize(q, dim=2) * temperature.to(q.dtype)[:, :, None, None]
+            k = F.normalize(k, dim=2)
         elif self.scale is not None:
             q = q * self.scale
 
         row_logits = col_logits = None
         if self.positional_encoding == 'relative':
-            row_logits, col_logits = self._relative_logits(q)
+            row_logits, col_logits = (_channels_last(t) for t in self._relative_logits(q))
         elif self.positional_encoding == 'absolute':
-            position = sinusoidal_2d(h, w, self.head_dim, x.device, q.dtype)[:, :, None, :]
+            position = sinusoidal_2d(h, w, self.head_dim, x.device, q.dtype).permute(2, 0, 1)
             k = position.expand(v.shape) if k is None else k + position  # q.(k + p) = q.k + q.p
         position_bias = None if self.position_bias is None else self.position_bias.to(q.dtype)
-        return q, k, v, row_logits, col_logits, position_bias
+        k = None if k is None else _channels_last(k)
+        return _channels_last(q), k, _channels_last(v), row_logits, col_logits, position_bias
 
     def forward(self, x: Tensor) -> Tensor:
         q, k, v, row_logits, col_logits, position_bias = self.attention_inputs(x)
         y = local_attention_2d(q, k, v, self.kernel_size, row_logits, col_logits,
                                self.padding_mode, self.implementation, position_bias,
                                self.query_stride)
-        y = y.flatten(-2)  # (N, Ho, Wo, C_out)
+        # (N, C_out, Ho, Wo): a view of the fused kernel's planar output, a copy otherwise.
+        y = y.permute(0, 3, 4, 1, 2).flatten(1, 2)
         if self.bias is not None:
-            y = y + self.bias
-        return self.pool(y.permute(0, 3, 1, 2))  # (N, C, H, W), channels-last in memory
+            y = y + self.bias[:, None, None]
+        return self.pool(y)
 
     def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
         """The attention on x for diagnostics: the logits from the op's reference

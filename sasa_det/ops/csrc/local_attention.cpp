@@ -41,6 +41,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <xmmintrin.h>
+#endif
+
 namespace {
 
 // 32-byte vectors via GCC vector extensions: one AVX register, or two SSE registers on
@@ -68,11 +72,13 @@ template <typename T> inline Vec<T> splat(T s) { return Vec<T>{} + s; }
 template <typename V> inline V vmax(V a, V b) { return a > b ? a : b; }
 
 // exp(x) for float vectors: Cephes' expf (range reduction to |g| <= ln2/2 and a degree-6
-// polynomial, ~1 ulp), written on vector types so that it vectorises; exp(x) = 0 below -87.3
-// (so exp(-inf) = 0 for masked logits).
+// polynomial, ~1 ulp), written on vector types so that it vectorises; exp(x) = 0 below -87
+// (so exp(-inf) = 0 for masked logits). The cut is at -87, not at log(FLT_MIN) = -87.34: every
+// product computed is then a normal float, and denormal products cost a microcode assist of
+// ~100 cycles each (it took a third of the forward's time when masked logits hit it).
 inline Vec<float> vexp(Vec<float> x) {
   typedef int32_t Int __attribute__((vector_size(32)));
-  const Vec<float> lo = splat(-87.3365448f), hi = splat(88.3762626f);
+  const Vec<float> lo = splat(-87.0f), hi = splat(88.3762626f);
   Vec<float> xc = x < lo ? lo : x;
   xc = xc > hi ? hi : xc;
   Vec<float> fx = xc * 1.44269504088896341f + 0.5f;
@@ -95,46 +101,32 @@ inline Vec<double> vexp(Vec<double> x) {
   return x;
 }
 
-// s[b] += sum_{t < n} load(x(t) + b * L) * load(y(t) + b * L) for the NB vectors b of a column
-// block, x(t) and y(t) the addresses of term t. NB vectors x P partial sums = 4 independent FMA
-// chains: enough to hide the FMA latency at the one FMA per cycle that two loads per FMA allow (a
-// single chain ran ~4x slower; 8 chains only added partial-sum merging).
-template <typename T, int NB, typename X, typename Y>
-inline void dot_at(Vec<T>* s, const X& x, const Y& y, int64_t n) {
-  constexpr int64_t L = kLanes<T>;
-  constexpr int P = NB >= 4 ? 1 : 4 / NB;
-  Vec<T> acc[P][NB];
-  for (int p = 0; p < P; ++p)
-    for (int b = 0; b < NB; ++b) acc[p][b] = splat(T(0));
-  int64_t t = 0;
-  for (; t + P <= n; t += P)
-    for (int p = 0; p < P; ++p)
-      for (int b = 0; b < NB; ++b) acc[p][b] += load(x(t + p) + b * L) * load(y(t + p) + b * L);
-  for (int p = 0; p < P; ++p)
-    if (t + p < n)
-      for (int b = 0; b < NB; ++b) acc[p][b] += load(x(t + p) + b * L) * load(y(t + p) + b * L);
-  for (int b = 0; b < NB; ++b)
-    for (int p = 0; p < P; ++p) s[b] += acc[p][b];
-}
-
-// dot_at with evenly spaced terms: x + t * xs and y + t * ys.
-template <typename T, int NB>
-inline void dot(Vec<T>* s, const T* x, int64_t xs, const T* y, int64_t ys, int64_t n) {
-  dot_at<T, NB>(s, [=](int64_t t) { return x + t * xs; }, [=](int64_t t) { return y + t * ys; },
-                n);
-}
-
-// f(c, std::integral_constant<int, NB>) over the columns [0, Wv) in blocks of 4, 2, 1 vectors.
-template <typename T, typename F>
-inline void for_blocks(int64_t Wv, F&& f) {
-  constexpr int64_t L = kLanes<T>;
-  int64_t c = 0;
-  for (; c + 4 * L <= Wv; c += 4 * L) f(c, std::integral_constant<int, 4>{});
-  if (c + 2 * L <= Wv) {
-    f(c, std::integral_constant<int, 2>{});
-    c += 2 * L;
+// f(d0, std::integral_constant<int, ND>) for the channel chunks [d0, d0 + ND) of [0, D), ND <= 8.
+// The inner loops below keep one vector per channel of a chunk in registers (ND of them, a
+// compile-time count so that they stay there), so each vector loaded is used for a whole chunk of
+// multiply-adds instead of one: two loads per FMA made the loops load-bound at a quarter of the
+// FMA units' rate.
+template <typename F>
+inline void for_channel_chunks(int64_t D, F&& f) {
+  constexpr int kChunk = 8;
+  for (int64_t d0 = 0; d0 < D; d0 += kChunk) {
+    switch (std::min<int64_t>(kChunk, D - d0)) {
+      case 1: f(d0, std::integral_constant<int, 1>{}); break;
+      case 2: f(d0, std::integral_constant<int, 2>{}); break;
+      case 3: f(d0, std::integral_constant<int, 3>{}); break;
+      case 4: f(d0, std::integral_constant<int, 4>{}); break;
+      case 5: f(d0, std::integral_constant<int, 5>{}); break;
+      case 6: f(d0, std::integral_constant<int, 6>{}); break;
+      case 7: f(d0, std::integral_constant<int, 7>{}); break;
+      default: f(d0, std::integral_constant<int, 8>{}); break;
+    }
   }
-  if (c + L <= Wv) f(c, std::integral_constant<int, 1>{});
+}
+
+// acc[e] += a * load(x + e * stride) for the ND channels e of a chunk.
+template <typename T, int ND>
+inline void fma_channels(Vec<T>* acc, Vec<T> a, const T* x, int64_t stride) {
+  for (int e = 0; e < ND; ++e) acc[e] += a * load(x + e * stride);
 }
 
 // Smallest number of tasks of `work` multiply-adds each worth a parallel chunk.
@@ -177,6 +169,18 @@ struct Geometry {
   bool key_row_inside(int64_t a) const { return a >= 0 && a < H; }
 };
 
+// Denormal floats flushed to zero (FTZ, DAZ) while an object lives, on x86. Tiny attention
+// weights (a logit ~60-87 below its row's maximum) times small gradients make denormal products,
+// and each one costs a microcode assist of ~100 cycles; flushed, they are zero, which changes no
+// result above 1e-38 (float) or 1e-308 (double).
+struct FlushDenormals {
+#if defined(__SSE2__)
+  unsigned int saved = _mm_getcsr();
+  FlushDenormals() { _mm_setcsr(saved | 0x8040); }
+  ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+};
+
 // Image row i of head n of image b (a query row or a key row): the unit of parallel work.
 // `index` = (b * heads + n) * rows + i numbers the rows as the packed tensors store them.
 struct RowTask {
@@ -190,62 +194,96 @@ struct RowTask {
 template <typename T, typename F>
 void for_each_row(const Geometry& g, int64_t rows, int64_t scratch_size, const F& f) {
   at::parallel_for(0, g.B * g.heads * rows, g.task_grain(), [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
     std::vector<T> scratch(scratch_size);
     for (int64_t t = begin; t < end; ++t) f(RowTask(t, rows, g.heads), scratch.data());
   });
 }
 
-// x (B, R, C, heads, m), any strides and floating type -> (B, heads, R, m, width) in `options`
-// with x[b, i, j, n, e] at column left + j and zeros elsewhere. ATen's strided copy does the
-// transposition and the type conversion (a hand-written pixel-major loop was ~2x slower: its
-// scattered scalar stores missed cache).
-at::Tensor pack_rows(const at::Tensor& x, int64_t left, int64_t width,
-                     const at::TensorOptions& options) {
-  at::Tensor out = at::empty({x.size(0), x.size(3), x.size(1), x.size(4), width}, options);
-  const int64_t w = x.size(2);
-  out.narrow(4, 0, left).zero_();
-  out.narrow(4, left + w, width - left - w).zero_();
-  out.narrow(4, left, w).copy_(x.permute({0, 3, 1, 4, 2}));
+// x (B, R, C, heads, m), any strides and floating type -> (B, heads, R, phases, m, width) of T
+// with x[b, i, p + phases * j, n, e] at column left + j of phase p and zeros elsewhere. One
+// parallel pass writes every padded row whole, so no pad is zeroed separately. The source is read
+// with its own strides: when its column stride is 1 (the planar (B, heads, m, R, C) memory that
+// the SASA layer's projection produces), each row is one contiguous, vectorised read.
+template <typename T>
+at::Tensor pack_rows(const at::Tensor& x, int64_t left, int64_t width, int64_t phases = 1) {
+  const int64_t B = x.size(0), R = x.size(1), C = x.size(2), heads = x.size(3), m = x.size(4);
+  at::Tensor out = at::empty({B, heads, R, phases, m, width},
+                             x.options().dtype(c10::CppTypeToScalarType<T>::value));
+  T* dst = out.data_ptr<T>();
+  const int64_t rows = B * heads * R;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "sasa_pack", [&] {
+    const scalar_t* src = x.data_ptr<scalar_t>();
+    const int64_t sb = x.stride(0), si = x.stride(1), sc = x.stride(2), sn = x.stride(3),
+                  se = x.stride(4);
+    at::parallel_for(0, rows, grain(phases * m * width), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t i = row % R, n = row / R % heads, b = row / R / heads;
+        const scalar_t* in = src + b * sb + i * si + n * sn;
+        for (int64_t p = 0; p < phases; ++p) {
+          const int64_t cols = p < C ? (C - p + phases - 1) / phases : 0;
+          const int64_t step = phases * sc;
+          for (int64_t e = 0; e < m; ++e) {
+            T* o = dst + ((row * phases + p) * m + e) * width;
+            const scalar_t* x_row = in + p * sc + e * se;
+            std::fill(o, o + left, T(0));
+            if (step == 1)
+              for (int64_t j = 0; j < cols; ++j) o[left + j] = static_cast<T>(x_row[j]);
+            else
+              for (int64_t j = 0; j < cols; ++j) o[left + j] = static_cast<T>(x_row[j * step]);
+            std::fill(o + left + cols, o + width, T(0));
+          }
+        }
+      }
+    });
+  });
   return out;
 }
 
 // q, grad_out (B, Ho, Wo, heads, D) -> zero-padded rows (B, heads, Ho, D, S). The D channel rows
 // of an image row are adjacent: with one plane per channel the D rows read together were a
 // multiple of 4 KiB apart, fell into the same L1 sets and evicted each other.
-at::Tensor pack_queries(const at::Tensor& x, const Geometry& g, const at::TensorOptions& options) {
-  return pack_rows(x, g.P, g.S, options);
+template <typename T>
+at::Tensor pack_queries(const at::Tensor& x, const Geometry& g) {
+  return pack_rows<T>(x, g.P, g.S);
 }
 
 // k, v (B, H, W, heads, D) -> zero-padded rows by column phase (B, heads, H, s, D, S).
-at::Tensor pack_keys(const at::Tensor& x, const Geometry& g, const at::TensorOptions& options) {
-  if (g.s == 1) return pack_rows(x, g.P, g.S, options);
-  at::Tensor out = at::zeros({g.B, g.heads, g.H, g.s, g.D, g.S}, options);
-  for (int64_t p = 0; p < std::min(g.s, g.W); ++p) {
-    const at::Tensor phase = x.slice(2, p, g.W, g.s);
-    out.select(3, p).narrow(4, g.P, phase.size(2)).copy_(phase.permute({0, 3, 1, 4, 2}));
-  }
-  return out;
+template <typename T>
+at::Tensor pack_keys(const at::Tensor& x, const Geometry& g) {
+  return pack_rows<T>(x, g.P, g.S, g.s);
 }
 
 // Row or column logits (B, Ho, Wo, heads, k) -> (B, heads, Ho, k, Wv), zero past Wo; undefined
 // if absent.
-at::Tensor pack_rel(const std::optional<at::Tensor>& x, const Geometry& g,
-                    const at::TensorOptions& options) {
-  return x ? pack_rows(*x, 0, g.Wv, options) : at::Tensor();
+template <typename T>
+at::Tensor pack_rel(const std::optional<at::Tensor>& x, const Geometry& g) {
+  return x ? pack_rows<T>(*x, 0, g.Wv) : at::Tensor();
 }
 
 template <typename T>
 const T* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
-// Row t.i of head t.n of image t.b of a (B, rows, cols, heads, D) output of type O from a buffer
-// acc[d][Wv]: acc column m goes to image column first + step * m.
+// Outputs and input gradients are written in planar memory, (B, heads, m, rows, cols), and
+// returned as (B, rows, cols, heads, m) views: each image row of each channel is one contiguous
+// run, and the SASA layer reads the output as a contiguous (B, C, rows, cols) tensor.
+at::Tensor planar_empty(int64_t B, int64_t rows, int64_t cols, int64_t heads, int64_t m,
+                        const at::TensorOptions& options) {
+  return at::empty({B, heads, m, rows, cols}, options).permute({0, 3, 4, 1, 2});
+}
+
+// Row t.i of head t.n of image t.b of a planar (B, heads, D, rows, cols) output of type O from a
+// buffer acc[d][Wv]: acc column m goes to image column first + step * m.
 template <typename T, typename O>
 inline void unpack_row(O* out, const T* acc, const Geometry& g, const RowTask& t, int64_t rows,
                        int64_t cols, int64_t step = 1, int64_t first = 0) {
-  O* base = out + ((t.b * rows + t.i) * cols * g.heads + t.n) * g.D;
-  for (int64_t m = 0, x = first; x < cols; ++m, x += step) {
-    O* px = base + x * g.heads * g.D;
-    for (int64_t d = 0; d < g.D; ++d) px[d] = static_cast<O>(acc[d * g.Wv + m]);
+  for (int64_t d = 0; d < g.D; ++d) {
+    O* o = out + ((t.bn * g.D + d) * rows + t.i) * cols;
+    const T* a = acc + d * g.Wv;
+    if (step == 1)
+      for (int64_t x = 0; x < cols; ++x) o[x] = static_cast<O>(a[x]);
+    else
+      for (int64_t m = 0, x = first; x < cols; ++m, x += step) o[x] = static_cast<O>(a[m]);
   }
 }
 
@@ -267,19 +305,26 @@ template <typename T, typename Init>
 inline void offset_dots(T* out, const T* x_row, const T* Y, const Geometry& g, const RowTask& t,
                         const Init& init) {
   constexpr int64_t L = kLanes<T>;
-  for (int64_t u = 0; u < g.k; ++u) {
-    const int64_t a = g.s * t.i + u - g.r;
-    for (int64_t w = 0; w < g.k; ++w) {
-      T* o = out + (u * g.k + w) * g.Wv;
-      const T* y_row = Y && g.key_row_inside(a) ? Y + g.key_row(t.bn, a) + g.key_col[w] : nullptr;
-      for_blocks<T>(g.Wv, [&](int64_t c, auto nb) {
-        constexpr int NB = decltype(nb)::value;
-        Vec<T> s[NB];
-        for (int b = 0; b < NB; ++b) s[b] = init(u, w, c + b * L);
-        if (y_row) dot<T, NB>(s, x_row + c, g.S, y_row + c, g.S, g.D);
-        for (int b = 0; b < NB; ++b) store(o + c + b * L, s[b]);
-      });
-    }
+  for (int64_t c = 0; c < g.Wv; c += L) {
+    for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
+      constexpr int ND = decltype(nd)::value;
+      Vec<T> x[ND];
+      for (int e = 0; e < ND; ++e) x[e] = load(x_row + (d0 + e) * g.S + c);
+      for (int64_t u = 0; u < g.k; ++u) {
+        const int64_t a = g.s * t.i + u - g.r;
+        const bool inside = Y && g.key_row_inside(a);
+        const T* y_row = inside ? Y + g.key_row(t.bn, a) + d0 * g.S + c : nullptr;
+        for (int64_t w = 0; w < g.k; ++w) {
+          T* o = out + (u * g.k + w) * g.Wv + c;
+          Vec<T> s = d0 == 0 ? init(u, w, c) : load(o);
+          if (inside) {
+            const T* y = y_row + g.key_col[w];
+            for (int e = 0; e < ND; ++e) s += x[e] * load(y + e * g.S);
+          }
+          store(o, s);
+        }
+      }
+    });
   }
 }
 
@@ -290,24 +335,20 @@ template <typename T>
 inline void window_sum(T* acc, const T* weights, const T* X, const Geometry& g,
                        const RowTask& t) {
   constexpr int64_t L = kLanes<T>;
-  const int64_t* key_col = g.key_col.data();
-  for (int64_t d = 0; d < g.D; ++d) {
-    for_blocks<T>(g.Wv, [&](int64_t c, auto nb) {
-      constexpr int NB = decltype(nb)::value;
-      Vec<T> s[NB];
-      for (int b = 0; b < NB; ++b) s[b] = splat(T(0));
+  for (int64_t c = 0; c < g.Wv; c += L) {
+    for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
+      constexpr int ND = decltype(nd)::value;
+      Vec<T> s[ND];
+      for (int e = 0; e < ND; ++e) s[e] = splat(T(0));
       for (int64_t u = 0; u < g.k; ++u) {
         const int64_t a = g.s * t.i + u - g.r;
         if (!g.key_row_inside(a)) continue;  // rows outside the image hold zeros
         const T* w_row = weights + u * g.k * g.S + c;
-        const T* x_row = X + g.key_row(t.bn, a) + d * g.S + c;
-        if (g.s == 1)  // neighbour columns w are consecutive
-          dot<T, NB>(s, w_row, g.S, x_row + g.P - g.r, 1, g.k);
-        else
-          dot_at<T, NB>(s, [=](int64_t w) { return w_row + w * g.S; },
-                        [=](int64_t w) { return x_row + key_col[w]; }, g.k);
+        const T* x_row = X + g.key_row(t.bn, a) + d0 * g.S + c;
+        for (int64_t w = 0; w < g.k; ++w)
+          fma_channels<T, ND>(s, load(w_row + w * g.S), x_row + g.key_col[w], g.S);
       }
-      for (int b = 0; b < NB; ++b) store(acc + d * g.Wv + c + b * L, s[b]);
+      for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c, s[e]);
     });
   }
 }
@@ -325,19 +366,21 @@ inline void key_gather(T* acc, const T* saved, const T* X, const Geometry& g, co
   const int64_t w0 = (p + g.r) % g.s, nw = (g.k - w0 + g.s - 1) / g.s;
   const int64_t col = g.P + (p + g.r - w0) / g.s;  // query column of m = 0 at w = w0
   const int64_t u0 = (t.i + g.r) % g.s, i0 = (t.i + g.r - u0) / g.s;
-  for (int64_t d = 0; d < g.D; ++d) {
-    for_blocks<T>(g.Wv, [&](int64_t c, auto nb) {
-      constexpr int NB = decltype(nb)::value;
-      Vec<T> s[NB];
-      for (int b = 0; b < NB; ++b) s[b] = splat(T(0));
+  const int64_t w_step = g.s * g.S - 1;  // next w of the phase: s offsets on, one column back
+  for (int64_t c = 0; c < g.Wv; c += L) {
+    for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
+      constexpr int ND = decltype(nd)::value;
+      Vec<T> s[ND];
+      for (int e = 0; e < ND; ++e) s[e] = splat(T(0));
       // Query row i = (a + r - u) / s, exact for u = u0, u0 + s, ...; it falls as u rises.
       for (int64_t u = u0, i = i0; u < g.k && i >= 0; u += g.s, --i) {
         if (i >= g.Ho) continue;
         const T* w_col = saved + (t.bn * g.Ho + i) * g.attn_row() + (u * g.k + w0) * g.S + col + c;
-        const T* x_col = X + g.query_row(t.bn, i) + d * g.S + col + c;
-        dot<T, NB>(s, w_col, g.s * g.S - 1, x_col, -1, nw);
+        const T* x_col = X + g.query_row(t.bn, i) + d0 * g.S + col + c;
+        for (int64_t n = 0; n < nw; ++n)
+          fma_channels<T, ND>(s, load(w_col + n * w_step), x_col - n, g.S);
       }
-      for (int b = 0; b < NB; ++b) store(acc + d * g.Wv + c + b * L, s[b]);
+      for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c, s[e]);
     });
   }
 }
@@ -361,54 +404,70 @@ inline void mask_outside(T* logit, const Geometry& g, int64_t i) {
 }
 
 // Softmax over the k*k offsets of every query: logit (KK, Wv) -> saved row a_row (KK, S).
+// `stats` is scratch for 2 * Wv values (each query's maximum and sum). The loops run over the
+// offsets outside and the column vectors inside, so that consecutive iterations are independent
+// (a loop over offsets inside chains every max, exp and sum on the one before it).
 template <typename T>
-inline void softmax_row(T* a_row, T* logit, const Geometry& g) {
+inline void softmax_row(T* a_row, T* logit, T* stats, const Geometry& g) {
   constexpr int64_t L = kLanes<T>;
+  T *max = stats, *sum = stats + g.Wv;
   for (int64_t c = 0; c < g.Wv; c += L) {
-    Vec<T> m = splat(-std::numeric_limits<T>::infinity());
-    for (int64_t o = 0; o < g.KK; ++o) m = vmax(m, load(logit + o * g.Wv + c));
-    Vec<T> sum = splat(T(0));
-    for (int64_t o = 0; o < g.KK; ++o) {
-      const Vec<T> e = vexp(load(logit + o * g.Wv + c) - m);
-      store(logit + o * g.Wv + c, e);
-      sum += e;
-    }
-    const Vec<T> inv = T(1) / sum;
-    for (int64_t o = 0; o < g.KK; ++o)
-      store(a_row + o * g.S + g.P + c, load(logit + o * g.Wv + c) * inv);
+    store(max + c, splat(-std::numeric_limits<T>::infinity()));
+    store(sum + c, splat(T(0)));
   }
+  for (int64_t o = 0; o < g.KK; ++o)
+    for (int64_t c = 0; c < g.Wv; c += L) store(max + c, vmax(load(max + c), load(logit + o * g.Wv + c)));
+  for (int64_t o = 0; o < g.KK; ++o) {
+    for (int64_t c = 0; c < g.Wv; c += L) {
+      const Vec<T> e = vexp(load(logit + o * g.Wv + c) - load(max + c));
+      store(logit + o * g.Wv + c, e);
+      store(sum + c, load(sum + c) + e);
+    }
+  }
+  for (int64_t c = 0; c < g.Wv; c += L) store(sum + c, T(1) / load(sum + c));
+  for (int64_t o = 0; o < g.KK; ++o)
+    for (int64_t c = 0; c < g.Wv; c += L)
+      store(a_row + o * g.S + g.P + c, load(logit + o * g.Wv + c) * load(sum + c));
   clear_pads(a_row, g);
 }
 
 // Softmax backward for one query row: dL = A (dA - sum_o A dA), A read from column P of the saved
-// row, dA (KK, Wv); dL goes to the saved row dl_row (KK, S).
+// row, dA (KK, Wv); dL goes to the saved row dl_row (KK, S). `dot` is scratch for Wv values.
 template <typename T>
-inline void softmax_backward(T* dl_row, const T* a, const T* d_attn, const Geometry& g) {
+inline void softmax_backward(T* dl_row, const T* a, const T* d_attn, T* dot, const Geometry& g) {
   constexpr int64_t L = kLanes<T>;
-  for (int64_t c = 0; c < g.Wv; c += L) {
-    Vec<T> t = splat(T(0));
-    for (int64_t o = 0; o < g.KK; ++o)
-      t += load(a + o * g.S + c) * load(d_attn + o * g.Wv + c);
-    for (int64_t o = 0; o < g.KK; ++o)
-      store(dl_row + o * g.S + g.P + c, load(a + o * g.S + c) * (load(d_attn + o * g.Wv + c) - t));
-  }
+  for (int64_t c = 0; c < g.Wv; c += L) store(dot + c, splat(T(0)));
+  for (int64_t o = 0; o < g.KK; ++o)
+    for (int64_t c = 0; c < g.Wv; c += L)
+      store(dot + c, load(dot + c) + load(a + o * g.S + c) * load(d_attn + o * g.Wv + c));
+  for (int64_t o = 0; o < g.KK; ++o)
+    for (int64_t c = 0; c < g.Wv; c += L)
+      store(dl_row + o * g.S + g.P + c,
+            load(a + o * g.S + c) * (load(d_attn + o * g.Wv + c) - load(dot + c)));
   clear_pads(dl_row, g);
 }
 
-// d_row[u] = sum_w dL[u*k + w], d_col[w] = sum_u dL[u*k + w] for query row `index` (either may
-// be null), dL read from column P of its saved row; outputs (B, heads, Ho, k, Wv).
+// d_row[u] = sum_w dL[u*k + w], d_col[w] = sum_u dL[u*k + w] for query row t (either may be
+// null), dL read from column P of its saved row; outputs planar (B, heads, k, Ho, Wo).
 template <typename T>
-inline void relative_grads(T* d_row, T* d_col, const T* dl, const Geometry& g, int64_t index) {
+inline void relative_grads(T* d_row, T* d_col, const T* dl, const Geometry& g, const RowTask& t) {
   constexpr int64_t L = kLanes<T>;
+  auto put = [&](T* out, int64_t x, int64_t c, Vec<T> value) {
+    T* o = out + ((t.bn * g.k + x) * g.Ho + t.i) * g.Wo + c;
+    if (c + L <= g.Wo)
+      store(o, value);
+    else
+      for (int64_t l = 0; l < g.Wo - c; ++l) o[l] = value[l];
+  };
   for (int64_t x = 0; x < g.k; ++x) {
-    for (int64_t c = 0; c < g.Wv; c += L) {
+    for (int64_t c = 0; c < g.Wo; c += L) {
       Vec<T> sr = splat(T(0)), sc = splat(T(0));
       for (int64_t y = 0; y < g.k; ++y) {
         sr += load(dl + (x * g.k + y) * g.S + c);
         sc += load(dl + (y * g.k + x) * g.S + c);
       }
-      if (d_row) store(d_row + (index * g.k + x) * g.Wv + c, sr);
-      if (d_col) store(d_col + (index * g.k + x) * g.Wv + c, sc);
+      if (d_row) put(d_row, x, c, sr);
+      if (d_col) put(d_col, x, c, sc);
     }
   }
 }
@@ -433,13 +492,13 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
                                      int64_t kernel_size, int64_t stride, bool mask) {
   const Geometry g(q, v, kernel_size, stride, kLanes<T>);
   const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
-  const at::Tensor Q = pack_queries(q, g, opts), V = pack_keys(v, g, opts);
-  const at::Tensor K = k ? pack_keys(*k, g, opts) : at::Tensor();
-  const at::Tensor R = pack_rel(row_logits, g, opts), C = pack_rel(col_logits, g, opts);
+  const at::Tensor Q = pack_queries<T>(q, g), V = pack_keys<T>(v, g);
+  const at::Tensor K = k ? pack_keys<T>(*k, g) : at::Tensor();
+  const at::Tensor R = pack_rel<T>(row_logits, g), C = pack_rel<T>(col_logits, g);
   const at::Tensor zeros = at::zeros({g.Wv}, opts);
   const at::Tensor bias = position_bias ? position_bias->to(opts).contiguous()
                                         : at::zeros({g.heads, g.k, g.k}, opts);
-  at::Tensor out = at::empty({g.B, g.Ho, g.Wo, g.heads, g.D}, q.options());
+  at::Tensor out = planar_empty(g.B, g.Ho, g.Wo, g.heads, g.D, q.options());
   at::Tensor attn = at::empty({g.B, g.heads, g.Ho, g.KK, g.S}, opts);
   const T *Qp = Q.data_ptr<T>(), *Kp = data_or_null<T>(K), *Vp = V.data_ptr<T>();
   const T *Rp = data_or_null<T>(R), *Cp = data_or_null<T>(C), *zp = zeros.data_ptr<T>();
@@ -447,15 +506,15 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
   O* outp = out.data_ptr<O>();
   T* attnp = attn.data_ptr<T>();
 
-  for_each_row<T>(g, g.Ho, (g.KK + g.D) * g.Wv, [&](const RowTask& t, T* scratch) {
-    T *logit = scratch, *acc = scratch + g.KK * g.Wv;
+  for_each_row<T>(g, g.Ho, (g.KK + g.D + 2) * g.Wv, [&](const RowTask& t, T* scratch) {
+    T *logit = scratch, *acc = logit + g.KK * g.Wv, *stats = acc + g.D * g.Wv;
     const int64_t rel = t.index * g.k * g.Wv;
     const PositionalLogits<T> positional{Rp ? Rp + rel : zp, Cp ? Cp + rel : zp,
                                          Bp + t.n * g.KK, Rp ? g.Wv : 0, Cp ? g.Wv : 0, g.k};
     offset_dots(logit, Qp + g.query_row(t.bn, t.i) + g.P, Kp, g, t, positional);
     if (mask) mask_outside(logit, g, t.i);
     T* a_row = attnp + t.index * g.attn_row();
-    softmax_row(a_row, logit, g);
+    softmax_row(a_row, logit, stats, g);
     window_sum(acc, a_row + g.P, Vp, g, t);
     unpack_row(outp, acc, g, t, g.Ho, g.Wo);
   });
@@ -475,12 +534,12 @@ struct BackwardData {
 template <typename T, typename O>
 void query_side_grads(const BackwardData<T, O>& p, const Geometry& g) {
   const auto no_init = [](int64_t, int64_t, int64_t) { return splat(T(0)); };
-  for_each_row<T>(g, g.Ho, (g.KK + g.D) * g.Wv, [&](const RowTask& t, T* scratch) {
-    T *d_attn = scratch, *acc = scratch + g.KK * g.Wv;
+  for_each_row<T>(g, g.Ho, (g.KK + g.D + 1) * g.Wv, [&](const RowTask& t, T* scratch) {
+    T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *dot = acc + g.D * g.Wv;
     T* dl_row = p.d_logit + t.index * g.attn_row();
     offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t, no_init);
-    softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, g);
-    relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t.index);
+    softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, dot, g);
+    relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t);
     if (p.K) {
       window_sum(acc, dl_row + g.P, p.K, g, t);
       unpack_row(p.d_q, acc, g, t, g.Ho, g.Wo);
@@ -511,18 +570,18 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
                                       bool has_row, bool has_col, bool has_bias) {
   const Geometry g(q, v, kernel_size, stride, kLanes<T>);
   const auto opts = attn.options();
-  const at::Tensor G = pack_queries(grad_out, g, opts), V = pack_keys(v, g, opts);
-  const at::Tensor Q = k ? pack_queries(q, g, opts) : at::Tensor();
-  const at::Tensor K = k ? pack_keys(*k, g, opts) : at::Tensor();
+  const at::Tensor G = pack_queries<T>(grad_out, g), V = pack_keys<T>(v, g);
+  const at::Tensor Q = k ? pack_queries<T>(q, g) : at::Tensor();
+  const at::Tensor K = k ? pack_keys<T>(*k, g) : at::Tensor();
   at::Tensor d_logit = at::empty_like(attn);
   auto grad = [&](bool present, const at::Tensor& like) {
-    return present ? at::empty(like.sizes(), q.options()) : at::Tensor();
+    return present ? planar_empty(g.B, like.size(1), like.size(2), g.heads, g.D, q.options())
+                   : at::Tensor();
   };
   at::Tensor d_q = grad(k.has_value(), q), d_k = grad(k.has_value(), v), d_v = grad(true, v);
-  // Row/column logit gradients are written as (B, heads, Ho, k, Wv) in T and returned as
-  // (B, Ho, Wo, heads, k) views.
+  // Row/column logit gradients are in T (the caller converts them).
   auto rel_grad = [&](bool present) {
-    return present ? at::empty({g.B, g.heads, g.Ho, g.k, g.Wv}, opts) : at::Tensor();
+    return present ? planar_empty(g.B, g.Ho, g.Wo, g.heads, g.k, opts) : at::Tensor();
   };
   at::Tensor d_row = rel_grad(has_row), d_col = rel_grad(has_col);
   const BackwardData<T, O> p{G.data_ptr<T>(), V.data_ptr<T>(), data_or_null<T>(Q),
@@ -533,8 +592,6 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
                              d_v.data_ptr<O>()};
   query_side_grads(p, g);
   key_side_grads(p, g);
-  if (has_row) d_row = d_row.narrow(4, 0, g.Wo).permute({0, 2, 4, 1, 3});
-  if (has_col) d_col = d_col.narrow(4, 0, g.Wo).permute({0, 2, 4, 1, 3});
   // d_bias[n, u, w] = sum over queries of dL; pads and columns past Wo hold dL = 0.
   at::Tensor d_bias;
   if (has_bias) d_bias = d_logit.sum({0, 2, 4}).view({g.heads, g.k, g.k});
