@@ -1,4 +1,4 @@
-"""Tabulate and plot detectors' accuracy against their cost: mAP vs GFLOPs, marker size = params.
+r"""Tabulate and plot detectors' accuracy against their cost: mAP vs GFLOPs, marker size = params.
 
     # configs and their work dirs (the latest `tools/test.py` result, else the last validation)
     python tools/analyze.py configs/demo/retinanet_r26w16_demo.py \

@@ -1,4 +1,4 @@
-"""Per SASA layer of a detector, how its attention spreads over the window, on real inputs.
+r"""Per SASA layer of a detector, how its attention spreads over the window, on real inputs.
 
     # at initialisation (no checkpoint), on 8 images of the config's test split
     python tools/attention_stats.py configs/demo/retinanet_sasa_r26w16_demo.py --num-images 8

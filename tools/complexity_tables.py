@@ -1,4 +1,4 @@
-"""Print the README's complexity tables, measured with :func:`sasa_det.analysis.complexity`.
+"""Print the complexity tables of docs/complexity.md, counted by sasa_det.analysis.complexity.
 
 (a) ImageNet classifiers at 224 x 224 with the 1000-class classifier: convolutional ResNet
     baselines (mmdet's ResNet + global pool + fc), conv stem + attention (timm ``sasa_resnetD``)
@@ -10,8 +10,9 @@
 FLOPs are 2 x multiply-adds, the paper's convention; the GMACs column is the number mmengine's
 FlopAnalyzer would print as "flops". CPU-only; the 640 x 640 detectors take a few minutes.
 
-Usage: python tools/complexity_tables.py [--tables imagenet coco options]
-                                          [--imagenet-size 224] [--coco-size 640]
+    python tools/complexity_tables.py                      # all three tables (a few minutes)
+    python tools/complexity_tables.py --tables imagenet    # only (a)
+    python tools/complexity_tables.py --tables coco --coco-size 800
 """
 import argparse
 import logging
@@ -208,11 +209,15 @@ def main() -> None:
     from mmengine.logging import MMLogger
     # The current logger is the one mmengine's init messages go to: keep the tables readable.
     MMLogger.get_instance('complexity_tables', log_level=logging.WARNING)
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--tables', nargs='+', choices=('imagenet', 'coco', 'options'),
-                        default=['imagenet', 'coco', 'options'])
-    parser.add_argument('--imagenet-size', type=int, default=224)
-    parser.add_argument('--coco-size', type=int, default=640)
+                        default=['imagenet', 'coco', 'options'],
+                        help='which tables to print (default: all three)')
+    parser.add_argument('--imagenet-size', type=int, default=224,
+                        help='square input side of the ImageNet table (default 224)')
+    parser.add_argument('--coco-size', type=int, default=640,
+                        help='square input side of the RetinaNet table (default 640)')
     args = parser.parse_args()
     torch.manual_seed(0)
     if 'imagenet' in args.tables:

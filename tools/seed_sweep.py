@@ -1,4 +1,4 @@
-"""Train and evaluate configs over several seeds; tabulate mean and spread of mAP and AP50.
+r"""Train and evaluate configs over several seeds; tabulate mean and spread of mAP and AP50.
 
     # the fair conv / SASA comparison of the demo, three seeds each (resumable: finished
     # (config, seed) pairs are not run again)

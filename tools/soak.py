@@ -91,7 +91,8 @@ class MemoryMonitorHook(Hook):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--config',
                         default=osp.join(ROOT, 'configs/demo/retinanet_sasa_r26w16_demo.py'))
     parser.add_argument('--iters', type=int, default=300, help='training iterations')

@@ -26,10 +26,34 @@ from sasa_det.engine import download_url_checkpoints  # noqa: E402
 from sasa_det.utils import explain_config_errors  # noqa: E402
 
 
+TRAIN_HELP = """\
+Train a detector from an mmdet config with mmengine's Runner (mmdet's train.py command line).
+mmengine logs losses, learning rate and ETA as it trains; checkpoints, logs and validation
+metrics go to the work dir (default: work_dirs/<config name>/)."""
+TRAIN_EXAMPLES = """\
+examples:
+  python tools/train.py configs/retinanet_sasa_r50.py
+  python tools/train.py configs/demo/retinanet_sasa_r26w16_demo.py --work-dir work_dirs/sasa_demo
+  python tools/train.py configs/retinanet_sasa_r50.py --amp --resume
+  python tools/train.py configs/retinanet_sasa_r50.py --cfg-options model.backbone.depth=26
+  bash tools/dist_train.sh configs/retinanet_sasa_r50_paper-150e_coco.py 8   # 8 GPUs (torchrun)"""
+TEST_HELP = """\
+Test a checkpoint: run the config's test split through the detector with mmengine's Runner and
+evaluate it with the config's metric (COCO bbox mAP for the COCO and demo configs). mmengine logs
+progress as it goes; the metrics are written under the work dir."""
+TEST_EXAMPLES = """\
+examples:
+  python tools/test.py configs/retinanet_sasa_r50.py work_dirs/retinanet_sasa_r50/epoch_12.pth
+  python tools/test.py configs/demo/retinanet_sasa_r26w16_demo.py \\
+      "$(cat work_dirs/sasa_demo/last_checkpoint)" --out predictions.pkl --show-dir painted
+  bash tools/dist_test.sh configs/retinanet_sasa_r50.py work_dirs/.../epoch_12.pth 8   # 8 GPUs"""
+
+
 def parse_args(argv=None, test: bool = False) -> argparse.Namespace:
     """mmdet's train.py / test.py arguments (``test`` adds the checkpoint and test options)."""
-    parser = argparse.ArgumentParser(
-        description='Test (and evaluate) a detector' if test else 'Train a detector')
+    parser = argparse.ArgumentParser(description=TEST_HELP if test else TRAIN_HELP,
+                                     epilog=TEST_EXAMPLES if test else TRAIN_EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='config file path')
     if test:
         parser.add_argument('checkpoint', help='checkpoint file')

@@ -1,4 +1,4 @@
-"""Draw where one SASA layer's heads look: each head's weights around chosen query pixels.
+r"""Draw where one SASA layer's heads look: each head's weights around chosen query pixels.
 
     python tools/visualize_attention.py configs/demo/retinanet_sasa_r26w16_demo.py \
         data/demo/val/000000.png --checkpoint work_dirs/x/iter_1500.pth \
