@@ -27,6 +27,34 @@ def test_quick_benchmark_prints_times_memory_and_ratios():
     assert len(numbers) == 4 * 2 + 4 and all(v > 0 for v in numbers)  # ms+MiB per method, ratios
 
 
+def test_profiler_lines_do_not_reach_the_output():
+    """The CPU peak-memory pass runs torch.profiler, whose kineto prints USDT start/stop lines
+    to stderr from C++; the benchmark silences them, so the table is not interleaved."""
+    result = _benchmark('--quick')
+    assert 'profiler_start' not in result.stderr + result.stdout
+    assert 'USDT' not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize('mode,configs', [
+    ('--demo', ['demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py']),
+    ('--detector', ['retinanet_r50.py', 'retinanet_sasa_r50_convhead.py',
+                    'retinanet_sasa_r50.py']),
+])
+def test_detector_and_demo_modes_time_every_config_with_its_ratio_to_the_first(mode, configs):
+    out = _benchmark(mode, '--quick').stdout
+    rows = [line.split() for line in out.splitlines()
+            if line.split() and line.split()[0] in configs]
+    assert [row[0] for row in rows] == configs
+    for row in rows:
+        size, batch, params, step_ms, ratio = row[1], int(row[2]), float(row[3]), \
+            float(row[4]), float(row[5].rstrip('x'))
+        assert size == ('128x128' if mode == '--demo' else '64x96')
+        assert batch == (8 if mode == '--demo' else 2) and params > 0 and step_ms > 0
+        assert ratio > 0
+    assert rows[0][5] == '1.00x'  # the first config is the reference
+    assert 'paramwise_options' not in out  # mmengine's per-parameter INFO lines stay out
+
+
 def test_long_table_gives_forward_and_training_times_per_dtype_and_method():
     """The layout --device cuda prints, here on CPU: one line per dtype, shape and method with
     forward ms, forward+backward ms, peak MiB and the ratio to conv; bf16 runs under autocast."""
@@ -53,6 +81,9 @@ def _load_benchmark():
     (['--methods', 'conv,triton@512/4'], 'method triton needs --device cuda'),
     (['--methods', 'conv,cuda_kernel'], "unknown methods ['cuda_kernel']"),
     (['--dtype', 'float64'], "unknown --dtype ['float64']"),
+    (['--detector', '--sizes', '640'], "--sizes are HxW, got '640'"),
+    (['--demo', '--detector'], '--detector and --demo each choose the configs'),
+    (['--demo', '--detector-configs', 'nope.py'], "no such config under configs/: ['nope.py']"),
 ])
 def test_gpu_only_methods_and_unknown_names_are_refused_by_name(monkeypatch, capsys, argv,
                                                                 message):

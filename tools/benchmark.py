@@ -21,15 +21,20 @@ torch.cuda.max_memory_allocated.
 --dtype bfloat16 or float16 runs under torch.autocast(device, dtype), as --amp training does:
 convolutions and projections run in that dtype and the attention op receives it.
 
---detector times whole training steps (forward, backward, SGD step) of the conv and the SASA
-RetinaNet configs at 640 x 640 and 1333 x 800 instead; that needs mmdet (and, on CUDA, an mmcv
-built with CUDA ops for mmdet's focal loss). The layer benchmark needs PyTorch only.
+--detector times whole RetinaNet training steps (forward, loss, backward, SGD step) instead: the
+conv R-50, the SASA backbone with the conv FPN/head, and attention everywhere, at 640 x 640 on CPU
+(and 1333 x 800 on CUDA), one step of each config in turn so that load drifts hit all alike.
+--demo does the same for the demo's conv and SASA models at their own size (128 x 128), batch and
+optimizer (AdamW with gradient clipping). Both need mmdet (and, on CUDA, an mmcv built with CUDA
+ops for mmdet's focal loss). The layer benchmark needs PyTorch only.
 
     python tools/benchmark.py                            # CPU, fp32: the ResNet-50 stage shapes
     python tools/benchmark.py --dtype bfloat16           # the same under bf16 autocast
     python tools/benchmark.py --device cuda              # GPU: fp32 and bf16, + COCO stage 1
     python tools/benchmark.py --device cuda --methods conv,triton,sliced_compiled
     python tools/benchmark.py --device cuda --methods triton,triton@256/4,triton@1024/8
+    python tools/benchmark.py --detector                 # RetinaNet R-50 training steps
+    python tools/benchmark.py --demo                     # the demo models' training steps
     python tools/benchmark.py --device cuda --detector   # GPU: RetinaNet training steps
     python tools/benchmark.py --quick                    # smoke test: one small shape
 """
@@ -59,8 +64,10 @@ METHODS = ('conv', 'unfold', 'ours', 'sliced', 'triton', 'sliced_compiled')
 # mode, which may take minutes in all.
 DEFAULT_METHODS = {'cpu': 'conv,unfold,ours,sliced', 'cuda': 'conv,sliced,triton'}
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
-DETECTOR_CONFIGS = ('retinanet_r50.py', 'retinanet_sasa_r50.py')
-DETECTOR_SIZES = ((640, 640), (800, 1333))  # (H, W)
+# conv; SASA backbone with the conv FPN/head; attention everywhere.
+DETECTOR_CONFIGS = ('retinanet_r50.py', 'retinanet_sasa_r50_convhead.py', 'retinanet_sasa_r50.py')
+DETECTOR_SIZES = {'cpu': '640x640', 'cuda': '640x640,800x1333'}  # H x W
+DEMO_CONFIGS = ('demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py')
 
 
 def triton_setting(method: str):
@@ -141,7 +148,8 @@ def peak_mib(layer, x, grad, dtype) -> float:
         synchronize('cuda')
         return (torch.cuda.max_memory_allocated() - before) / 2 ** 20
     # CPU: the running sum of the profiler's allocation and free events.
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU],
+                                           profile_memory=True) as prof:
         step(layer, x, grad, dtype)
     events = [e for e in prof.profiler.kineto_results.events()
               if e.name() == '[memory]' and str(e.device_type()).endswith('CPU')]
@@ -175,10 +183,34 @@ def machine(device: str) -> str:
 
 def parse_shape(text: str):
     """'CxH' (square) or 'CxHxW' -> (C, H, W)."""
-    sizes = [int(v) for v in text.split('x')]
-    if len(sizes) not in (2, 3) or min(sizes) < 1:
-        raise argparse.ArgumentTypeError(f'shapes are CxH or CxHxW, got {text!r}')
+    sizes = text.split('x')
+    if len(sizes) not in (2, 3) or not all(v.isdigit() and int(v) > 0 for v in sizes):
+        raise argparse.ArgumentTypeError(f'--stages are CxH or CxHxW, got {text!r}')
+    sizes = [int(v) for v in sizes]
     return (sizes[0], sizes[1], sizes[-1])
+
+
+def parse_size(text: str):
+    """'HxW' -> (H, W)."""
+    sizes = text.split('x')
+    if len(sizes) != 2 or not all(v.isdigit() and int(v) > 0 for v in sizes):
+        raise argparse.ArgumentTypeError(f'--sizes are HxW, got {text!r}')
+    return int(sizes[0]), int(sizes[1])
+
+
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Drop what native code writes to stderr inside the block: torch.profiler's kineto prints
+    a 'USDT: ... profiler_start/profiler_stop' pair per profile, which interleaved the table."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, 'w') as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def layer_inputs(shape, batch: int, device: str):
@@ -199,7 +231,9 @@ def _auto(device: str) -> str:
         from sasa_det.ops.local_attention import _triton
         return 'Triton kernel' if _triton() is not None else 'Triton UNAVAILABLE -> sliced'
     from sasa_det.ops import cpu_kernel
-    return 'fused C++ kernel' if cpu_kernel.is_available() else 'C++ kernel UNAVAILABLE -> sliced'
+    with native_stderr_silenced():  # torch.utils.cpp_extension's "No CUDA runtime" warning
+        available = cpu_kernel.is_available()
+    return 'fused C++ kernel' if available else 'C++ kernel UNAVAILABLE -> sliced'
 
 
 def wide_table(args, device: str, dtype_name: str) -> None:
@@ -257,73 +291,109 @@ def long_table(args, device: str, dtype_name: str) -> None:
                   f"{train[method]:>11.2f} {mib:>9.1f} {ratio:>14.2f}x", flush=True)
 
 
+def synthetic_batch(batch: int, height: int, width: int, num_classes: int, device: str):
+    """Random images and 4 random boxes per image, as mmdet's model.loss takes them."""
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    images = torch.randn(batch, 3, height, width, device=device)
+    samples = []
+    for _ in range(batch):
+        sample = DetDataSample(metainfo=dict(img_shape=(height, width), pad_shape=(height, width),
+                                             batch_input_shape=(height, width),
+                                             scale_factor=(1.0, 1.0)))
+        size = torch.tensor([width, height], device=device, dtype=torch.float32)
+        corner = torch.rand(4, 2, device=device) * size / 2
+        boxes = torch.cat([corner, corner + size / 3], 1)  # (x1, y1, x2, y2) inside the image
+        sample.gt_instances = InstanceData(
+            bboxes=boxes, labels=torch.randint(0, num_classes, (4,), device=device))
+        samples.append(sample)
+    return images, samples
+
+
+class TrainStep:
+    """One training step of a config's model on a fixed synthetic batch: forward, loss,
+    backward and the optimizer step (the config's own optim_wrapper with --demo, plain SGD
+    otherwise)."""
+
+    def __init__(self, path: Path, args, device: str, dtype: torch.dtype, size=None):
+        from mmdet.registry import MODELS
+        from mmengine.config import Config
+        from mmengine.optim import build_optim_wrapper
+        cfg = Config.fromfile(path)
+        self.name = str(path.relative_to(ROOT / 'configs'))
+        self.model = MODELS.build(cfg.model).to(device).train()
+        if args.demo:
+            self.optim = build_optim_wrapper(self.model, cfg.optim_wrapper)
+            batch = cfg.train_dataloader.batch_size
+            size = size or (cfg.image_size[1], cfg.image_size[0])  # image_size is (w, h)
+        else:
+            self.optim = build_optim_wrapper(self.model, dict(
+                type='OptimWrapper', optimizer=dict(type='SGD', lr=1e-4, momentum=0.9)))
+            batch = args.batch
+        self.height, self.width = size
+        self.batch = batch
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.inputs = synthetic_batch(batch, *size, cfg.model.bbox_head.num_classes, device)
+        self.device, self.dtype = device, dtype
+
+    def __call__(self) -> None:
+        with autocast(self.device, self.dtype):
+            losses = self.model.loss(*self.inputs)
+        loss = sum(v if torch.is_tensor(v) else sum(v) for v in losses.values())
+        self.optim.update_params(loss)
+
+
 def detector_steps(args, device: str, dtype_name: str) -> None:
-    """Median training-step time and peak memory of whole RetinaNets (needs mmdet)."""
+    """Median training-step time of whole RetinaNets, the configs interleaved step by step so
+    that load drifts hit all alike (needs mmdet)."""
     try:
         import mmdet  # noqa: F401
     except ImportError:
-        sys.exit('--detector needs mmdet (and mmengine, mmcv); the layer benchmark does not')
-    from mmdet.registry import MODELS
-    from mmdet.structures import DetDataSample
+        sys.exit('--detector and --demo need mmdet (and mmengine, mmcv); the layer benchmark '
+                 'does not')
     from mmdet.utils import register_all_modules
-    from mmengine.config import Config
-    from mmengine.structures import InstanceData
+    from mmengine.logging import MMLogger
     import sasa_det  # noqa: F401  (registers the SASA models)
     register_all_modules()
+    # The current logger: mmengine's INFO lines (one per parameter group) would bury the table.
+    MMLogger.get_instance('sasa_det_benchmark', log_level='WARNING')
     dtype = DTYPES[dtype_name]
-    sizes = [(64, 96)] if args.quick else DETECTOR_SIZES
-
-    def batch(height, width):
-        images = torch.randn(args.batch, 3, height, width, device=device)
-        samples = []
-        for _ in range(args.batch):
-            sample = DetDataSample(metainfo=dict(img_shape=(height, width),
-                                                 pad_shape=(height, width),
-                                                 batch_input_shape=(height, width),
-                                                 scale_factor=(1.0, 1.0)))
-            size = torch.tensor([width, height], device=device, dtype=torch.float32)
-            corner = torch.rand(4, 2, device=device) * size / 2
-            boxes = torch.cat([corner, corner + size / 3], 1)  # (x1, y1, x2, y2) inside the image
-            sample.gt_instances = InstanceData(bboxes=boxes,
-                                               labels=torch.randint(0, 80, (4,), device=device))
-            samples.append(sample)
-        return images, samples
-
-    print(f'\nwhole-detector training step (forward, backward, SGD step), batch {args.batch}, '
+    what = 'demo models, their own batch and optimizer' if args.demo else \
+        f'batch {args.batch}, SGD'
+    print(f'\nwhole-detector training step (forward, loss, backward, optimizer step), {what}, '
           f'{dtype_name}{" autocast" if dtype != torch.float32 else ""}; median of '
-          f'{args.repeats} after {args.warmup} warm-up')
-    print(f"{'config':>26} {'H x W':>11} {'step ms':>9} {'peak MiB':>9}")
-    for name in args.detector_configs:
-        model = MODELS.build(Config.fromfile(ROOT / 'configs' / name).model).to(device).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
-        for height, width in sizes:
-            images, samples = batch(height, width)
-
-            def train_step():
-                optimizer.zero_grad(set_to_none=True)
-                with autocast(device, dtype):
-                    losses = model.loss(images, samples)
-                sum(v if torch.is_tensor(v) else sum(v) for v in losses.values()).backward()
-                optimizer.step()
-
-            for _ in range(args.warmup):
-                train_step()
-            times = []
-            if device == 'cuda':
-                torch.cuda.reset_peak_memory_stats()
-            for _ in range(args.repeats):
+          f'{args.repeats} after {args.warmup} warm-up, configs interleaved; ratio = step / the '
+          f'first config\'s step')
+    print(f"{'config':>42} {'H x W':>9} {'batch':>5} {'params M':>8} {'step ms':>9} "
+          f"{'ratio':>6} {'peak MiB':>9}")
+    for size in args.sizes or [None]:
+        steps = [TrainStep(ROOT / 'configs' / name, args, device, dtype, size)
+                 for name in args.detector_configs]
+        times = {step.name: [] for step in steps}
+        peaks = {}
+        for repeat in range(args.warmup + args.repeats):
+            for step in steps:
+                if device == 'cuda':
+                    torch.cuda.reset_peak_memory_stats()
                 synchronize(device)
                 start = time.perf_counter()
-                train_step()
+                step()
                 synchronize(device)
-                times.append(time.perf_counter() - start)
-            peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device == 'cuda' else float('nan')
-            print(f'{name:>26} {height:>5}x{width:<5} {1e3 * statistics.median(times):>9.1f} '
-                  f'{peak:>9.1f}', flush=True)
+                if repeat >= args.warmup:
+                    times[step.name].append(time.perf_counter() - start)
+                if device == 'cuda':
+                    peaks[step.name] = torch.cuda.max_memory_allocated() / 2 ** 20
+        first = statistics.median(times[steps[0].name])
+        for step in steps:
+            median = statistics.median(times[step.name])
+            print(f'{step.name:>42} {step.height:>4}x{step.width:<4} {step.batch:>5} '
+                  f'{step.params / 1e6:>8.2f} {1e3 * median:>9.1f} {median / first:>5.2f}x '
+                  f'{peaks.get(step.name, float("nan")):>9.1f}', flush=True)
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cpu', choices=('cpu', 'cuda'))
     parser.add_argument('--dtype', default=None,
                         help=f'comma-separated subset of {tuple(DTYPES)}; default float32 on '
@@ -345,10 +415,18 @@ def parse_args():
                              'default): a line per method with forward and fwd+bwd times')
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory pass')
     parser.add_argument('--detector', action='store_true',
-                        help=f'time RetinaNet training steps ({", ".join(DETECTOR_CONFIGS)}) '
-                             'at 640x640 and 1333x800 instead (needs mmdet)')
-    parser.add_argument('--detector-configs', default=','.join(DETECTOR_CONFIGS),
-                        help='comma-separated config files under configs/')
+                        help=f'time whole RetinaNet training steps instead, interleaved: '
+                             f'{", ".join(DETECTOR_CONFIGS)} (needs mmdet)')
+    parser.add_argument('--demo', action='store_true',
+                        help=f'time the demo models\' training steps instead, interleaved, at '
+                             f'their size, batch and optimizer: {", ".join(DEMO_CONFIGS)}')
+    parser.add_argument('--detector-configs', default=None,
+                        help='comma-separated config files under configs/ for --detector or '
+                             '--demo; the first is the ratio\'s reference')
+    parser.add_argument('--sizes', default=None,
+                        help=f'comma-separated HxW input sizes for --detector; default '
+                             f'{DETECTOR_SIZES["cpu"]} on CPU, {DETECTOR_SIZES["cuda"]} on CUDA '
+                             '(--demo: the config\'s own)')
     parser.add_argument('--quick', action='store_true',
                         help='smoke test: one small shape, 1 warm-up, 2 repeats')
     args = parser.parse_args()
@@ -367,11 +445,24 @@ def parse_args():
     if device == 'cpu' and any(m.startswith('triton') for m in args.methods):
         parser.error('method triton needs --device cuda')
     stages = args.stages or ','.join(STAGES + ((COCO_STAGE1,) if device == 'cuda' else ()))
-    args.stages = [parse_shape(s) for s in stages.split(',')]
-    args.detector_configs = args.detector_configs.split(',')
+    try:
+        args.stages = [parse_shape(s) for s in stages.split(',')]
+        sizes = args.sizes or (None if args.demo else DETECTOR_SIZES[device])
+        args.sizes = [parse_size(s) for s in sizes.split(',')] if sizes else None
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
+    if args.detector and args.demo:
+        parser.error('--detector and --demo each choose the configs; give one of them')
+    args.detector_configs = (args.detector_configs or ','.join(
+        DEMO_CONFIGS if args.demo else DETECTOR_CONFIGS)).split(',')
+    missing = [c for c in args.detector_configs if not (ROOT / 'configs' / c).is_file()]
+    if missing:
+        parser.error(f'--detector-configs: no such config under configs/: {missing}')
     args.table = args.table or ('long' if device == 'cuda' else 'wide')
     if args.quick:
         args.stages, args.warmup, args.repeats = [(32, 14, 14)], 1, 2
+        if args.detector:
+            args.sizes = [(64, 96)]
     return args
 
 
@@ -380,11 +471,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    if args.table == 'long' or args.detector:
+    if args.table == 'long' or args.detector or args.demo:
         print(f'machine: {machine(args.device)}'
               f'{auto_implementation(args.device, args.methods)}')
     for dtype_name in args.dtypes:
-        if args.detector:
+        if args.detector or args.demo:
             detector_steps(args, args.device, dtype_name)
         elif args.table == 'long':
             long_table(args, args.device, dtype_name)

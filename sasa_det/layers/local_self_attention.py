@@ -55,6 +55,14 @@ def _resolve_heads(out_channels: int, heads: Optional[int], head_dim: Optional[i
     return heads
 
 
+def _unit_channels(planar: Tensor, eps: float = 1e-12) -> Tensor:
+    """F.normalize(planar, dim=2) for (B, heads, d, H, W): each head's d-vector of each pixel
+    divided by its L2 norm (at least eps). A sum of squares over the channel dim, which reduces
+    vectorised over the contiguous pixels: vector_norm over a non-innermost dim took ~15x longer,
+    a third of the demo model's training step. The clamp keeps zero vectors' gradient finite."""
+    return planar * planar.square().sum(dim=2, keepdim=True).clamp_min(eps * eps).rsqrt()
+
+
 def _channels_last(planar: Tensor) -> Tensor:
     """(B, heads, m, H, W) -> the op's (B, H, W, heads, m) view of the same memory."""
     return planar.permute(0, 3, 4, 1, 2)
@@ -259,8 +267,8 @@ class LocalSelfAttention2d(nn.Module):
         k, v = kv if len(kv) == 2 else (None, kv[0])
         if self.logit_scale is not None:
             temperature = self.logit_scale.clamp(max=math.log(COSINE_MAX_SCALE)).exp()
-            q = F.normalize(q, dim=2) * temperature.to(q.dtype)[:, :, None, None]
-            k = F.normalize(k, dim=2)
+            q = _unit_channels(q) * temperature.to(q.dtype)[:, :, None, None]
+            k = _unit_channels(k)
         elif self.scale is not None:
             q = q * self.scale
 
