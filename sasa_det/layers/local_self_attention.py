@@ -55,12 +55,15 @@ def _resolve_heads(out_channels: int, heads: Optional[int], head_dim: Optional[i
     return heads
 
 
-def _unit_channels(planar: Tensor, eps: float = 1e-12) -> Tensor:
-    """F.normalize(planar, dim=2) for (B, heads, d, H, W): each head's d-vector of each pixel
-    divided by its L2 norm (at least eps). A sum of squares over the channel dim, which reduces
-    vectorised over the contiguous pixels: vector_norm over a non-innermost dim took ~15x longer,
-    a third of the demo model's training step. The clamp keeps zero vectors' gradient finite."""
-    return planar * planar.square().sum(dim=2, keepdim=True).clamp_min(eps * eps).rsqrt()
+def _unit_channels(planar: Tensor, scale: Optional[Tensor] = None, eps: float = 1e-12) -> Tensor:
+    """F.normalize(planar, dim=2) * scale for (B, heads, d, H, W): each head's d-vector of each
+    pixel divided by its L2 norm (at least eps), times a per-head scale (heads, 1, 1, 1) if given.
+    A sum of squares over the channel dim, which reduces vectorised over the contiguous pixels:
+    vector_norm over a non-innermost dim took ~15x longer, a third of the demo model's training
+    step. The scale multiplies the (B, heads, 1, H, W) factor, not the d times larger tensor. The
+    clamp keeps zero vectors' gradient finite."""
+    factor = planar.square().sum(dim=2, keepdim=True).clamp_min(eps * eps).rsqrt()
+    return planar * (factor if scale is None else factor * scale)
 
 
 def _channels_last(planar: Tensor) -> Tensor:
@@ -267,7 +270,7 @@ class LocalSelfAttention2d(nn.Module):
         k, v = kv if len(kv) == 2 else (None, kv[0])
         if self.logit_scale is not None:
             temperature = self.logit_scale.clamp(max=math.log(COSINE_MAX_SCALE)).exp()
-            q = _unit_channels(q) * temperature.to(q.dtype)[:, :, None, None]
+            q = _unit_channels(q, temperature.to(q.dtype)[:, :, None, None])
             k = _unit_channels(k)
         elif self.scale is not None:
             q = q * self.scale
