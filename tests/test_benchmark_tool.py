@@ -35,6 +35,14 @@ def test_profiler_lines_do_not_reach_the_output():
     assert 'USDT' not in result.stderr + result.stdout
 
 
+def test_profile_prints_each_methods_operators_with_the_kernel_by_name():
+    out = _benchmark('--quick', '--profile', '--methods', 'conv,ours', '--no-memory').stdout
+    assert 'profile of conv at (32, 14, 14)' in out and 'profile of ours at (32, 14, 14)' in out
+    ours = out[out.index('profile of ours'):]
+    assert 'aten::convolution_backward' in out[:out.index('profile of ours')]
+    assert '_CpuLocalAttentionBackward' in ours and 'aten::bmm' in ours
+
+
 @pytest.mark.parametrize('mode,configs', [
     ('--demo', ['demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py']),
     ('--detector', ['retinanet_r50.py', 'retinanet_sasa_r50_convhead.py',

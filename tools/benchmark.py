@@ -35,6 +35,7 @@ ops for mmdet's focal loss). The layer benchmark needs PyTorch only.
     python tools/benchmark.py --device cuda --methods triton,triton@256/4,triton@1024/8
     python tools/benchmark.py --detector                 # RetinaNet R-50 training steps
     python tools/benchmark.py --demo                     # the demo models' training steps
+    python tools/benchmark.py --demo --profile           # ... and where each step's time goes
     python tools/benchmark.py --device cuda --detector   # GPU: RetinaNet training steps
     python tools/benchmark.py --quick                    # smoke test: one small shape
 """
@@ -160,6 +161,16 @@ def peak_mib(layer, x, grad, dtype) -> float:
     return peak / 2 ** 20
 
 
+def print_profile(label: str, fn, steps: int, rows: int = 15) -> None:
+    """torch.profiler's operators of `steps` calls of fn, by self CPU time: where a step's time
+    goes (the attention kernel's forward and backward are _CpuLocalAttention[Backward])."""
+    with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            fn()
+    print(f'\nprofile of {label}, {steps} steps (times are totals over the steps):')
+    print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows))
+
+
 def machine(device: str) -> str:
     if device == 'cuda':
         name = torch.cuda.get_device_name()
@@ -268,6 +279,10 @@ def wide_table(args, device: str, dtype_name: str) -> None:
         if ratios:
             row += ' | ' + ' '.join(f'{values[r]():>14.2f}x' for r in ratios)
         print(row, flush=True)
+        if args.profile:
+            for method, layer in layers.items():
+                print_profile(f'{method} at {shape}', lambda: step(layer, x, grad, dtype),
+                              args.repeats)
 
 
 def long_table(args, device: str, dtype_name: str) -> None:
@@ -383,6 +398,9 @@ def detector_steps(args, device: str, dtype_name: str) -> None:
                     times[step.name].append(time.perf_counter() - start)
                 if device == 'cuda':
                     peaks[step.name] = torch.cuda.max_memory_allocated() / 2 ** 20
+        if args.profile:
+            for step in steps:
+                print_profile(step.name, step, args.repeats)
         first = statistics.median(times[steps[0].name])
         for step in steps:
             median = statistics.median(times[step.name])
@@ -427,6 +445,9 @@ def parse_args():
                         help=f'comma-separated HxW input sizes for --detector; default '
                              f'{DETECTOR_SIZES["cpu"]} on CPU, {DETECTOR_SIZES["cuda"]} on CUDA '
                              '(--demo: the config\'s own)')
+    parser.add_argument('--profile', action='store_true',
+                        help='after timing, print torch.profiler\'s operator table of each '
+                             'method (layer benchmark) or config (--detector, --demo)')
     parser.add_argument('--quick', action='store_true',
                         help='smoke test: one small shape, 1 warm-up, 2 repeats')
     args = parser.parse_args()
