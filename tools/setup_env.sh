@@ -5,8 +5,12 @@
 # which has no wheel for torch 2.14 on PyPI: it is compiled from its sdist (with ops, about 20-30
 # minutes on 2 cores) once, and the wheel is cached in $SASA_DET_CACHE (default
 # ~/.cache/sasa-det) for every later run and every other clone on this machine. mmcv's CUDA ops
-# are built too when torch sees a GPU and nvcc is on PATH (the cache folder then ends in
-# -cuda<version>); otherwise its ops are CPU-only and the script says what that rules out.
+# are built too when torch sees a GPU, or on any machine with nvcc when asked (no GPU needed):
+#
+#   SASA_DET_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 bash tools/setup_env.sh   # CUDA ops for H100/H200
+#
+# The cache folder then ends in -cuda<version>-sm<arch> (tools/cuda_build_env.py --help has the
+# rules); otherwise mmcv's ops are CPU-only and the script says what that rules out.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -43,23 +47,23 @@ if ! "$PY" -c "import torch, torchvision, sys; sys.exit(not (torch.__version__.s
 fi
 
 step "mmcv $MMCV_VERSION with ops: CPU only, or CPU and CUDA?"
-# CUDA ops need a GPU that torch sees (to know the arch) and nvcc (to compile them).
-missing=""
-"$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null \
-    || missing="a CUDA GPU visible to torch"
-command -v nvcc >/dev/null || missing="${missing:+$missing and }nvcc (the CUDA compiler) on PATH"
-if [ -z "$missing" ]; then
-    MMCV_CUDA=$("$PY" -c "import torch; print(torch.version.cuda)")
-    say "building mmcv's CUDA ops for CUDA $MMCV_CUDA with $(nvcc --version | tail -n 1)"
+# tools/cuda_build_env.py decides (SASA_DET_CUDA=1 always, 0 never, unset when torch sees a GPU)
+# and prints FORCE_CUDA, CUDA_HOME, TORCH_CUDA_ARCH_LIST, CPATH/LIBRARY_PATH (torch's nvidia
+# wheels' headers where the toolkit lacks them) and the wheel's tag; it stops on what is missing.
+cuda_exports=$("$PY" "$ROOT/tools/cuda_build_env.py")
+eval "$cuda_exports"
+MMCV_CUDA_TAG="$SASA_DET_CUDA_TAG"
+if [ "$FORCE_CUDA" = 1 ]; then
+    say "building mmcv's CUDA ops: $("$PY" "$ROOT/tools/cuda_build_env.py" --explain 2>/dev/null)"
 else
-    MMCV_CUDA=""
-    say "mmcv gets CPU ops only; missing: $missing. Everything runs on CPU, but on CUDA" \
-        "tensors mmcv's ops stop with 'implementation for device cuda:0 not found': NMS at" \
-        "test time and RetinaNet's sigmoid focal loss in training. sasa_det's own attention" \
-        "ops (C++ on CPU, Triton on CUDA) do not use mmcv."
+    say "mmcv gets CPU ops only ($("$PY" "$ROOT/tools/cuda_build_env.py" --explain 2>/dev/null);" \
+        "SASA_DET_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 builds them without a GPU). Everything runs" \
+        "on CPU, but on CUDA tensors mmcv's ops stop with 'implementation for device cuda:0 not" \
+        "found': NMS at test time and RetinaNet's sigmoid focal loss in training. sasa_det's" \
+        "own attention ops (C++ on CPU, Triton on CUDA) do not use mmcv."
 fi
-MMCV_WHEELS="$CACHE/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cp311${MMCV_CUDA:+-cuda$MMCV_CUDA}"
-if "$PY" -c "import mmcv, mmcv.ops, sys; from mmcv.ops import get_compiling_cuda_version as v; sys.exit(mmcv.__version__ != '$MMCV_VERSION' or ('$MMCV_CUDA' != '' and v() == 'not available'))" 2>/dev/null; then
+MMCV_WHEELS="$CACHE/mmcv-$MMCV_VERSION-torch$TORCH_VERSION-cp311${MMCV_CUDA_TAG:+-$MMCV_CUDA_TAG}"
+if "$PY" -c "import mmcv, mmcv.ops, sys; from mmcv.ops import get_compiling_cuda_version as v; sys.exit(mmcv.__version__ != '$MMCV_VERSION' or ('$MMCV_CUDA_TAG' != '' and v() == 'not available'))" 2>/dev/null; then
     say "mmcv $MMCV_VERSION already installed"
 else
     wheel=$(ls "$MMCV_WHEELS"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true)
@@ -77,7 +81,7 @@ else
         say "compiler log: $log (progress below is ninja's [done/total] count)"
         # ninja prints "[i/n] ..." per object file (indented by pip -v): show the count every
         # 20 seconds when it moved.
-        (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA=$([ -n "$MMCV_CUDA" ] && echo 1 || echo 0) \
+        (cd "$src" && MMCV_WITH_OPS=1 FORCE_CUDA="$FORCE_CUDA" \
             MAX_JOBS="${MAX_JOBS:-$(nproc)}" \
             "$PY" -m pip wheel -v --no-deps --no-build-isolation -w "$build/dist" . >"$log" 2>&1) &
         pid=$!
