@@ -51,12 +51,13 @@ step "mmcv $MMCV_VERSION with ops: CPU only, or CPU and CUDA?"
 # and prints FORCE_CUDA, CUDA_HOME, TORCH_CUDA_ARCH_LIST, CPATH/LIBRARY_PATH (torch's nvidia
 # wheels' headers where the toolkit lacks them) and the wheel's tag; it stops on what is missing.
 cuda_exports=$("$PY" "$ROOT/tools/cuda_build_env.py")
+cuda_plan=$("$PY" "$ROOT/tools/cuda_build_env.py" --explain)
 eval "$cuda_exports"
 MMCV_CUDA_TAG="$SASA_DET_CUDA_TAG"
 if [ "$FORCE_CUDA" = 1 ]; then
-    say "building mmcv's CUDA ops: $("$PY" "$ROOT/tools/cuda_build_env.py" --explain 2>/dev/null)"
+    say "building mmcv's $cuda_plan"
 else
-    say "mmcv gets CPU ops only ($("$PY" "$ROOT/tools/cuda_build_env.py" --explain 2>/dev/null);" \
+    say "mmcv gets CPU ops only ($cuda_plan;" \
         "SASA_DET_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 builds them without a GPU). Everything runs" \
         "on CPU, but on CUDA tensors mmcv's ops stop with 'implementation for device cuda:0 not" \
         "found': NMS at test time and RetinaNet's sigmoid focal loss in training. sasa_det's" \
