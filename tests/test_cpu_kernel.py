@@ -213,6 +213,24 @@ def test_kernel_position_bias_gradcheck(kernel):
                                     fast_mode=True)
 
 
+
+
+def test_kernel_gradients_repeat_bitwise_across_runs_and_thread_counts(kernel):
+    """Every gradient, the position bias's (summed per query row inside the kernel, then over
+    rows in a fixed order) included, is bitwise the same on a second backward pass and with one
+    thread instead of several: no atomics, no order that depends on scheduling."""
+    inputs = make_inputs(2, 13, 21, 3, 4, 5, dtype=torch.float32, has_bias=True)
+    threads = torch.get_num_threads()
+    try:
+        runs = [values_and_grads(kernel.local_attention_2d_cpu, inputs, 5, 'mask')
+                for _ in range(2)]
+        torch.set_num_threads(1)
+        runs.append(values_and_grads(kernel.local_attention_2d_cpu, inputs, 5, 'mask'))
+    finally:
+        torch.set_num_threads(threads)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            assert torch.equal(a, b)
 def make_strided_inputs(b, h, w, heads, d, kernel_size, stride, has_k, has_rel, dtype=torch.float64,
                         seed=0):
     """(q, k, v, row, col, bias) with keys and values on the (h, w) grid and queries and relative

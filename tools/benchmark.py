@@ -30,6 +30,7 @@ ops for mmdet's focal loss). The layer benchmark needs PyTorch only.
 
     python tools/benchmark.py                            # CPU, fp32: the ResNet-50 stage shapes
     python tools/benchmark.py --dtype bfloat16           # the same under bf16 autocast
+    python tools/benchmark.py --layer configs            # cosine similarity + position bias
     python tools/benchmark.py --device cuda              # GPU: fp32 and bf16, + COCO stage 1
     python tools/benchmark.py --device cuda --methods conv,triton,sliced_compiled
     python tools/benchmark.py --device cuda --methods triton,triton@256/4,triton@1024/8
@@ -67,6 +68,8 @@ DEFAULT_METHODS = {'cpu': 'conv,unfold,ours,sliced', 'cuda': 'conv,sliced,triton
 DTYPES = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}
 # conv; SASA backbone with the conv FPN/head; attention everywhere.
 DETECTOR_CONFIGS = ('retinanet_r50.py', 'retinanet_sasa_r50_convhead.py', 'retinanet_sasa_r50.py')
+# The SASA layer as the paper defines it, or as the shipped configs set it.
+LAYER_OPTIONS = {'paper': {}, 'configs': dict(similarity='cosine', position_bias=True)}
 DETECTOR_SIZES = {'cpu': '640x640', 'cuda': '640x640,800x1333'}  # H x W
 DEMO_CONFIGS = ('demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py')
 
@@ -81,15 +84,16 @@ def triton_setting(method: str):
     return int(tile or triton_op.TILE_ELEMENTS), int(warps or triton_op.NUM_WARPS)
 
 
-def build(method: str, channels: int, kernel_size: int, heads: int) -> nn.Module:
+def build(method: str, channels: int, kernel_size: int, heads: int,
+          layer: str = 'paper') -> nn.Module:
     if method == 'conv':
         return nn.Conv2d(channels, channels, 3, padding=1, bias=False)
     implementation = {'unfold': 'reference', 'ours': 'auto', 'sliced': 'sliced',
                       'triton': 'triton', 'sliced_compiled': 'sliced'}[method.split('@')[0]]
-    layer = LocalSelfAttention2d(channels, channels, kernel_size, heads=heads,
-                                 implementation=implementation)
-    layer.triton_setting = triton_setting(method)
-    return torch.compile(layer) if method == 'sliced_compiled' else layer
+    module = LocalSelfAttention2d(channels, channels, kernel_size, heads=heads,
+                                  implementation=implementation, **LAYER_OPTIONS[layer])
+    module.triton_setting = triton_setting(method)
+    return torch.compile(module) if method == 'sliced_compiled' else module
 
 
 def autocast(device: str, dtype: torch.dtype):
@@ -252,7 +256,8 @@ def wide_table(args, device: str, dtype_name: str) -> None:
     dtype = DTYPES[dtype_name]
     print(f'machine: {machine(device)}{auto_implementation(device, args.methods)}')
     print(f'forward+backward, {dtype_name}{" autocast" if dtype != torch.float32 else ""}, '
-          f'batch {args.batch}, k={args.kernel_size}, {args.heads} heads; median of '
+          f'batch {args.batch}, k={args.kernel_size}, {args.heads} heads, {args.layer} layer; '
+          f'median of '
           f'{args.repeats} after {args.warmup} warm-up')
     print('peak = max live bytes in the PyTorch allocator during one step, above the inputs and '
           'weights (CPU: torch.profiler memory events)\n')
@@ -265,7 +270,8 @@ def wide_table(args, device: str, dtype_name: str) -> None:
     print(header + (' | ' + ' '.join(f'{r:>15}' for r in ratios) if ratios else ''))
     for shape in args.stages:
         x, grad = layer_inputs(shape, args.batch, device)
-        layers = {m: build(m, shape[0], args.kernel_size, args.heads).to(device) for m in methods}
+        layers = {m: build(m, shape[0], args.kernel_size, args.heads, args.layer).to(device)
+                  for m in methods}
         ms = median_ms(layers, x, grad, dtype, args.warmup, args.repeats)
         mib = ({m: float('nan') for m in methods} if args.no_memory
                else {m: peak_mib(layer, x, grad, dtype) for m, layer in layers.items()})
@@ -289,13 +295,14 @@ def long_table(args, device: str, dtype_name: str) -> None:
     """One line per shape and method: forward ms, forward+backward ms, peak MiB, x conv."""
     dtype = DTYPES[dtype_name]
     print(f'\n{dtype_name}{" autocast" if dtype != torch.float32 else ""}, batch {args.batch}, '
-          f'k={args.kernel_size}, {args.heads} heads; median of {args.repeats} after '
+          f'k={args.kernel_size}, {args.heads} heads, {args.layer} layer; median of '
+          f'{args.repeats} after '
           f'{args.warmup} warm-up; peak = max allocated above the start of one fwd+bwd step')
     print(f"{'C x H x W':>14} {'method':>16} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} "
           f"{'fwd+bwd / conv':>15}")
     for shape in args.stages:
         x, grad = layer_inputs(shape, args.batch, device)
-        layers = {m: build(m, shape[0], args.kernel_size, args.heads).to(device)
+        layers = {m: build(m, shape[0], args.kernel_size, args.heads, args.layer).to(device)
                   for m in args.methods}
         train = median_ms(layers, x, grad, dtype, args.warmup, args.repeats)
         infer = median_ms(layers, x, grad, dtype, args.warmup, args.repeats, backward=False)
@@ -422,6 +429,9 @@ def parse_args():
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--kernel-size', type=int, default=7)
     parser.add_argument('--heads', type=int, default=8)
+    parser.add_argument('--layer', choices=tuple(LAYER_OPTIONS), default='paper',
+                        help='the SASA layer as the paper defines it (dot product; default) or '
+                             'as the shipped configs set it (cosine similarity, position bias)')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=10)
     parser.add_argument('--threads', type=int, default=None, help='torch.set_num_threads')

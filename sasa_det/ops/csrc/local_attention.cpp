@@ -472,6 +472,20 @@ inline void relative_grads(T* d_row, T* d_col, const T* dl, const Geometry& g, c
   }
 }
 
+// d_bias_row[o] = sum of dL[o] over the queries of one row, dL read from column P of its saved
+// row (pads and columns past Wo hold zeros): one (b, n, i) row of the position-bias gradient.
+template <typename T>
+inline void bias_grads(T* d_bias_row, const T* dl, const Geometry& g) {
+  constexpr int64_t L = kLanes<T>;
+  for (int64_t o = 0; o < g.KK; ++o) {
+    Vec<T> s = splat(T(0));
+    for (int64_t c = 0; c < g.Wv; c += L) s += load(dl + o * g.S + c);
+    T total = 0;
+    for (int64_t l = 0; l < L; ++l) total += s[l];
+    d_bias_row[o] = total;
+  }
+}
+
 // The positional part of the logits: row_logits[u] + col_logits[w] + bias[n, u, w] for columns
 // [c, c + L) of one query row. Absent row or column logits read a zero vector with stride 0.
 template <typename T>
@@ -525,12 +539,12 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
 template <typename T, typename O>
 struct BackwardData {
   const T *G, *V, *Q, *K, *attn;
-  T *d_logit, *d_row, *d_col;
+  T *d_logit, *d_row, *d_col, *d_bias_rows;
   O *d_q, *d_k, *d_v;
 };
 
 // Pass 1, per query row: dA_o = g . v_o, dL = A (dA - sum_o A dA), the row and column logit
-// gradients, and d_q = sum_o dL_o k_o.
+// gradients, the row's position-bias gradient, and d_q = sum_o dL_o k_o.
 template <typename T, typename O>
 void query_side_grads(const BackwardData<T, O>& p, const Geometry& g) {
   const auto no_init = [](int64_t, int64_t, int64_t) { return splat(T(0)); };
@@ -540,6 +554,7 @@ void query_side_grads(const BackwardData<T, O>& p, const Geometry& g) {
     offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t, no_init);
     softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, dot, g);
     relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t);
+    if (p.d_bias_rows) bias_grads(p.d_bias_rows + t.index * g.KK, dl_row + g.P, g);
     if (p.K) {
       window_sum(acc, dl_row + g.P, p.K, g, t);
       unpack_row(p.d_q, acc, g, t, g.Ho, g.Wo);
@@ -584,17 +599,19 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
     return present ? planar_empty(g.B, g.Ho, g.Wo, g.heads, g.k, opts) : at::Tensor();
   };
   at::Tensor d_row = rel_grad(has_row), d_col = rel_grad(has_col);
+  // Per (b, n, i) sums of dL, added up over images and rows below (a fixed order: repeatable).
+  at::Tensor d_bias_rows = has_bias ? at::empty({g.B, g.heads, g.Ho, g.KK}, opts) : at::Tensor();
   const BackwardData<T, O> p{G.data_ptr<T>(), V.data_ptr<T>(), data_or_null<T>(Q),
                              data_or_null<T>(K), attn.data_ptr<T>(), d_logit.data_ptr<T>(),
                              has_row ? d_row.data_ptr<T>() : nullptr,
                              has_col ? d_col.data_ptr<T>() : nullptr,
+                             has_bias ? d_bias_rows.data_ptr<T>() : nullptr,
                              k ? d_q.data_ptr<O>() : nullptr, k ? d_k.data_ptr<O>() : nullptr,
                              d_v.data_ptr<O>()};
   query_side_grads(p, g);
   key_side_grads(p, g);
-  // d_bias[n, u, w] = sum over queries of dL; pads and columns past Wo hold dL = 0.
   at::Tensor d_bias;
-  if (has_bias) d_bias = d_logit.sum({0, 2, 4}).view({g.heads, g.k, g.k});
+  if (has_bias) d_bias = d_bias_rows.sum({0, 2}).view({g.heads, g.k, g.k});
   return {d_q, d_k, d_v, d_row, d_col, d_bias};
 }
 
