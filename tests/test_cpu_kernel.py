@@ -213,8 +213,6 @@ def test_kernel_position_bias_gradcheck(kernel):
                                     fast_mode=True)
 
 
-
-
 def test_kernel_gradients_repeat_bitwise_across_runs_and_thread_counts(kernel):
     """Every gradient, the position bias's (summed per query row inside the kernel, then over
     rows in a fixed order) included, is bitwise the same on a second backward pass and with one
@@ -231,6 +229,8 @@ def test_kernel_gradients_repeat_bitwise_across_runs_and_thread_counts(kernel):
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b)
+
+
 def make_strided_inputs(b, h, w, heads, d, kernel_size, stride, has_k, has_rel, dtype=torch.float64,
                         seed=0):
     """(q, k, v, row, col, bias) with keys and values on the (h, w) grid and queries and relative

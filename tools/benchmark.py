@@ -257,8 +257,7 @@ def wide_table(args, device: str, dtype_name: str) -> None:
     print(f'machine: {machine(device)}{auto_implementation(device, args.methods)}')
     print(f'forward+backward, {dtype_name}{" autocast" if dtype != torch.float32 else ""}, '
           f'batch {args.batch}, k={args.kernel_size}, {args.heads} heads, {args.layer} layer; '
-          f'median of '
-          f'{args.repeats} after {args.warmup} warm-up')
+          f'median of {args.repeats} after {args.warmup} warm-up')
     print('peak = max live bytes in the PyTorch allocator during one step, above the inputs and '
           'weights (CPU: torch.profiler memory events)\n')
     methods = args.methods
@@ -296,8 +295,8 @@ def long_table(args, device: str, dtype_name: str) -> None:
     dtype = DTYPES[dtype_name]
     print(f'\n{dtype_name}{" autocast" if dtype != torch.float32 else ""}, batch {args.batch}, '
           f'k={args.kernel_size}, {args.heads} heads, {args.layer} layer; median of '
-          f'{args.repeats} after '
-          f'{args.warmup} warm-up; peak = max allocated above the start of one fwd+bwd step')
+          f'{args.repeats} after {args.warmup} warm-up; peak = max allocated above the start of '
+          f'one fwd+bwd step')
     print(f"{'C x H x W':>14} {'method':>16} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9} "
           f"{'fwd+bwd / conv':>15}")
     for shape in args.stages:

@@ -20,12 +20,13 @@
 // neighbours x = s*j + w - r of consecutive queries j are consecutive columns of one phase (for
 // s = 1 this is one phase with key x at column r + x). Vectorising over queries (not over d)
 // keeps all lanes busy for the small head dims of early stages (d = 8) and needs no horizontal
-// sums. Columns j >= Wo up to Wv (Wo rounded up to the vector width) are computed and ignored;
+// sums (but for the position-bias gradient, one per query row and offset). Columns j >= Wo up to Wv (Wo rounded up to the vector width) are computed and ignored;
 // pads are zero, which is exactly 'zeros' padding, and 'mask' sets out-of-image logits to -inf.
 //
 // Memory. Forward saves only the attention weights (B, heads, Ho, k*k, S) for backward, never a
 // per-query k*k*d copy of keys or values. Backward is two passes, both gathers (no atomics):
-// pass 1 per query row gives dL (the logit gradient), d_q and the row/column logit gradients;
+// pass 1 per query row gives dL (the logit gradient), d_q, the row/column logit gradients and
+// the row's sums of dL for the position-bias gradient;
 // pass 2 per key row and phase gathers d_k and d_v from the queries whose window holds the key.
 #include <torch/extension.h>
 
