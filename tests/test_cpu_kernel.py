@@ -169,6 +169,28 @@ def test_kernel_half_types_match_float64_reference(kernel, dtype, shape, has_k, 
             torch.testing.assert_close(a.double(), e, **HALF_TOLERANCE[dtype])
 
 
+def test_kernel_softmax_weights_are_float_exact_over_the_whole_exp_range(kernel):
+    """The saved float32 attention weights equal the float64 softmax of the float32 logits to
+    1e-6 relative (the exp's polynomial and the normalisation, over logits down to 80 below the
+    row's maximum), and logits more than 87 below it get weight exactly 0."""
+    size, height, width = 7, 6, 21
+    gen = torch.Generator().manual_seed(0)
+    row = torch.rand(1, height, width, 1, size, generator=gen) * -50
+    col = torch.rand(1, height, width, 1, size, generator=gen) * -50
+    zeros = torch.zeros(1, height, width, 1, 2)
+    # No keys, 'zeros' padding: logit[u * k + w] = row[u] + col[w], as the kernel adds them.
+    _, attn = kernel._extension.forward(zeros, None, zeros, row, col, None, size, 1, False)
+    weights = attn[0, 0, :, :, size // 2:size // 2 + width].permute(0, 2, 1)
+    logits = (row[0, :, :, 0, :, None] + col[0, :, :, 0, None, :]).flatten(2)
+    shifted = logits - logits.max(-1, keepdim=True).values
+    expected = torch.softmax(shifted.double(), dim=-1)
+    inside, cut = shifted > -80, shifted < -87
+    assert inside.sum() > 5000 and cut.sum() > 10
+    relative = (weights.double() - expected).abs() / expected
+    assert relative[inside].max() < 1e-6
+    assert (weights[cut] == 0).all()
+
+
 def test_kernel_float16_logits_beyond_float16_range(kernel):
     """q.k of float16 inputs beyond 1e5 (float16's largest value is 65504) stays finite and
     correct: products and sums are float32."""

@@ -20,14 +20,16 @@
 // neighbours x = s*j + w - r of consecutive queries j are consecutive columns of one phase (for
 // s = 1 this is one phase with key x at column r + x). Vectorising over queries (not over d)
 // keeps all lanes busy for the small head dims of early stages (d = 8) and needs no horizontal
-// sums (but for the position-bias gradient, one per query row and offset). Columns j >= Wo up to Wv (Wo rounded up to the vector width) are computed and ignored;
-// pads are zero, which is exactly 'zeros' padding, and 'mask' sets out-of-image logits to -inf.
+// sums (but for the position-bias gradient, one per query row and offset). Columns j >= Wo up
+// to Wv (Wo rounded up to the vector width) are computed and ignored; pads are zero, which is
+// exactly 'zeros' padding, and 'mask' sets out-of-image logits to -inf.
 //
 // Memory. Forward saves only the attention weights (B, heads, Ho, k*k, S) for backward, never a
-// per-query k*k*d copy of keys or values. Backward is two passes, both gathers (no atomics):
-// pass 1 per query row gives dL (the logit gradient), d_q, the row/column logit gradients and
-// the row's sums of dL for the position-bias gradient;
-// pass 2 per key row and phase gathers d_k and d_v from the queries whose window holds the key.
+// per-query k*k*d copy of keys or values. Backward runs plane by plane (one head of one image),
+// all gathers (no atomics): per query row, dL (the logit gradient), d_q, the row/column logit
+// gradients and the row's sums of dL for the position-bias gradient; per key row and phase, as
+// soon as its last query row is done, d_k and d_v from the queries whose window holds the key.
+// dL lives only in a ring of the last k query rows, never in a full-size tensor.
 #include <torch/extension.h>
 
 #include <ATen/OpMathType.h>
@@ -72,28 +74,35 @@ template <typename T> inline void store(T* p, Vec<T> x) { *reinterpret_cast<VecU
 template <typename T> inline Vec<T> splat(T s) { return Vec<T>{} + s; }
 template <typename V> inline V vmax(V a, V b) { return a > b ? a : b; }
 
-// exp(x) for float vectors: Cephes' expf (range reduction to |g| <= ln2/2 and a degree-6
-// polynomial, ~1 ulp), written on vector types so that it vectorises; exp(x) = 0 below -87
-// (so exp(-inf) = 0 for masked logits). The cut is at -87, not at log(FLT_MIN) = -87.34: every
-// product computed is then a normal float, and denormal products cost a microcode assist of
-// ~100 cycles each (it took a third of the forward's time when masked logits hit it).
+// exp(x) for float vectors x <= 0 (the softmax's logit minus its maximum; -inf for masked
+// logits), written on vector types so that it vectorises. x = (n + f) ln 2 with n = round(x / ln 2)
+// and |f| <= 1/2; 2^f is a degree-6 polynomial (relative error 1.6e-8, fitted to 2^f on
+// [-1/2, 1/2]) and 2^n is built in the exponent bits. n comes from one fused multiply-add with
+// the constant 1.5 * 2^23 + 127, whose last mantissa bits then hold n + 127 (the float exponent
+// of 2^n), so no float-int conversions are needed. exp(x) = 0 below -87 (so exp(-inf) = 0): every
+// product computed is then a normal float, and denormal products cost a microcode assist of ~100
+// cycles each (it took a third of the forward's time when masked logits hit it).
 inline Vec<float> vexp(Vec<float> x) {
   typedef int32_t Int __attribute__((vector_size(32)));
-  const Vec<float> lo = splat(-87.0f), hi = splat(88.3762626f);
-  Vec<float> xc = x < lo ? lo : x;
-  xc = xc > hi ? hi : xc;
-  Vec<float> fx = xc * 1.44269504088896341f + 0.5f;
-  Vec<float> fn = __builtin_convertvector(__builtin_convertvector(fx, Int), Vec<float>);
-  fn = fn > fx ? fn - 1.0f : fn;  // truncation -> floor
-  Vec<float> g = xc - fn * 0.693359375f + fn * 2.12194440e-4f;
-  Vec<float> y = ((((1.9875691500e-4f * g + 1.3981999507e-3f) * g + 8.3334519073e-3f) * g +
-                   4.1665795894e-2f) * g + 1.6666665459e-1f) * g + 5.0000001201e-1f;
-  y = y * (g * g) + g + 1.0f;
-  Int bits = (__builtin_convertvector(fn, Int) + 127) << 23;  // 2^n
+  constexpr float kMagic = 12583039.0f;  // 1.5 * 2^23 + 127
+  constexpr float kLog2eHi = 1.44269502162933349609f, kLog2eLo = 1.92596299112661746887e-8f;
+  const Vec<float> lo = splat(-87.0f);
+  const Vec<float> xc = x < lo ? lo : x;
+  const Vec<float> t = xc * kLog2eHi + kMagic;
+  const Vec<float> n = t - kMagic;
+  const Vec<float> f = (xc * kLog2eHi - n) + xc * kLog2eLo;
+  Vec<float> p = 1.5337577497120947e-4f * f + 1.3399859890341759e-3f;
+  p = p * f + 9.618519805371761e-3f;
+  p = p * f + 5.550329014658928e-2f;
+  p = p * f + 2.4022646248340607e-1f;
+  p = p * f + 6.931471824645996e-1f;
+  p = p * f + 1.0f;
+  Int bits;
+  std::memcpy(&bits, &t, sizeof(bits));
+  bits <<= 23;  // (n + 127) << 23: the float 2^n
   Vec<float> scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  y = y * scale;
-  return x < lo ? splat(0.0f) : y;
+  return x < lo ? splat(0.0f) : p * scale;
 }
 
 // float64 is for gradcheck: exactness matters, speed does not.
@@ -360,9 +369,9 @@ inline void window_sum(T* acc, const T* weights, const T* X, const Geometry& g,
 // that make both divisions exact. Consecutive such w are s apart and read query columns one
 // apart. Pads and columns past Wo are zero. Backward: d_v from the attention and grad_out, d_k
 // from dL and q.
-template <typename T>
-inline void key_gather(T* acc, const T* saved, const T* X, const Geometry& g, const RowTask& t,
-                       int64_t p) {
+template <typename T, typename SavedRow>
+inline void key_gather(T* acc, const SavedRow& saved_row, const T* X, const Geometry& g,
+                       const RowTask& t, int64_t p) {
   constexpr int64_t L = kLanes<T>;
   const int64_t w0 = (p + g.r) % g.s, nw = (g.k - w0 + g.s - 1) / g.s;
   const int64_t col = g.P + (p + g.r - w0) / g.s;  // query column of m = 0 at w = w0
@@ -376,7 +385,7 @@ inline void key_gather(T* acc, const T* saved, const T* X, const Geometry& g, co
       // Query row i = (a + r - u) / s, exact for u = u0, u0 + s, ...; it falls as u rises.
       for (int64_t u = u0, i = i0; u < g.k && i >= 0; u += g.s, --i) {
         if (i >= g.Ho) continue;
-        const T* w_col = saved + (t.bn * g.Ho + i) * g.attn_row() + (u * g.k + w0) * g.S + col + c;
+        const T* w_col = saved_row(i) + (u * g.k + w0) * g.S + col + c;
         const T* x_col = X + g.query_row(t.bn, i) + d0 * g.S + col + c;
         for (int64_t n = 0; n < nw; ++n)
           fma_channels<T, ND>(s, load(w_col + n * w_step), x_col - n, g.S);
@@ -417,7 +426,8 @@ inline void softmax_row(T* a_row, T* logit, T* stats, const Geometry& g) {
     store(sum + c, splat(T(0)));
   }
   for (int64_t o = 0; o < g.KK; ++o)
-    for (int64_t c = 0; c < g.Wv; c += L) store(max + c, vmax(load(max + c), load(logit + o * g.Wv + c)));
+    for (int64_t c = 0; c < g.Wv; c += L)
+      store(max + c, vmax(load(max + c), load(logit + o * g.Wv + c)));
   for (int64_t o = 0; o < g.KK; ++o) {
     for (int64_t c = 0; c < g.Wv; c += L) {
       const Vec<T> e = vexp(load(logit + o * g.Wv + c) - load(max + c));
@@ -540,41 +550,74 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
 template <typename T, typename O>
 struct BackwardData {
   const T *G, *V, *Q, *K, *attn;
-  T *d_logit, *d_row, *d_col, *d_bias_rows;
+  T *d_row, *d_col, *d_bias_rows;
   O *d_q, *d_k, *d_v;
 };
 
-// Pass 1, per query row: dA_o = g . v_o, dL = A (dA - sum_o A dA), the row and column logit
-// gradients, the row's position-bias gradient, and d_q = sum_o dL_o k_o.
-template <typename T, typename O>
-void query_side_grads(const BackwardData<T, O>& p, const Geometry& g) {
-  const auto no_init = [](int64_t, int64_t, int64_t) { return splat(T(0)); };
-  for_each_row<T>(g, g.Ho, (g.KK + g.D + 1) * g.Wv, [&](const RowTask& t, T* scratch) {
-    T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *dot = acc + g.D * g.Wv;
-    T* dl_row = p.d_logit + t.index * g.attn_row();
-    offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t, no_init);
-    softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, dot, g);
-    relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t);
-    if (p.d_bias_rows) bias_grads(p.d_bias_rows + t.index * g.KK, dl_row + g.P, g);
-    if (p.K) {
-      window_sum(acc, dl_row + g.P, p.K, g, t);
-      unpack_row(p.d_q, acc, g, t, g.Ho, g.Wo);
-    }
+// f(bn, scratch) for each of the B * heads planes (one head of one image), in parallel chunks;
+// each chunk owns a scratch buffer of scratch_size elements of T.
+template <typename T, typename F>
+void for_each_plane(const Geometry& g, int64_t scratch_size, const F& f) {
+  const int64_t plane_grain = (g.task_grain() + g.Ho - 1) / g.Ho;
+  at::parallel_for(0, g.B * g.heads, plane_grain, [&](int64_t begin, int64_t end) {
+    const FlushDenormals flush;
+    std::vector<T> scratch(scratch_size);
+    for (int64_t bn = begin; bn < end; ++bn) f(bn, scratch.data());
   });
 }
 
-// Pass 2, per key row and column phase: d_v = sum A g and d_k = sum dL q over the queries whose
-// window holds the key.
+// The query side of query row t: dA_o = g . v_o, dL = A (dA - sum_o A dA) into dl_row (a (KK, S)
+// row), the row and column logit gradients, the row's position-bias gradient, and
+// d_q = sum_o dL_o k_o. `scratch` holds (KK + D + 1) * Wv values.
 template <typename T, typename O>
-void key_side_grads(const BackwardData<T, O>& p, const Geometry& g) {
-  for_each_row<T>(g, g.H, g.D * g.Wv, [&](const RowTask& t, T* acc) {
-    for (int64_t phase = 0; phase < std::min(g.s, g.W); ++phase) {
-      key_gather(acc, p.attn, p.G, g, t, phase);
-      unpack_row(p.d_v, acc, g, t, g.H, g.W, g.s, phase);
-      if (p.Q) {
-        key_gather(acc, p.d_logit, p.Q, g, t, phase);
-        unpack_row(p.d_k, acc, g, t, g.H, g.W, g.s, phase);
-      }
+void query_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTask& t,
+                     T* dl_row, T* scratch) {
+  const auto no_init = [](int64_t, int64_t, int64_t) { return splat(T(0)); };
+  T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *dot = acc + g.D * g.Wv;
+  offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t, no_init);
+  softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, dot, g);
+  relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t);
+  if (p.d_bias_rows) bias_grads(p.d_bias_rows + t.index * g.KK, dl_row + g.P, g);
+  if (p.K) {
+    window_sum(acc, dl_row + g.P, p.K, g, t);
+    unpack_row(p.d_q, acc, g, t, g.Ho, g.Wo);
+  }
+}
+
+// The key side of key row t, each column phase: d_v = sum A g and d_k = sum dL q over the
+// queries whose window holds the key; dl_row(i) is query row i's dL. `acc` holds D * Wv values.
+template <typename T, typename O, typename DlRow>
+void key_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTask& t,
+                   const DlRow& dl_row, T* acc) {
+  const auto attn_row = [&](int64_t i) { return p.attn + (t.bn * g.Ho + i) * g.attn_row(); };
+  for (int64_t phase = 0; phase < std::min(g.s, g.W); ++phase) {
+    key_gather(acc, attn_row, p.G, g, t, phase);
+    unpack_row(p.d_v, acc, g, t, g.H, g.W, g.s, phase);
+    if (p.Q) {
+      key_gather(acc, dl_row, p.Q, g, t, phase);
+      unpack_row(p.d_k, acc, g, t, g.H, g.W, g.s, phase);
+    }
+  }
+}
+
+// Backward, one plane at a time: its query rows in order, and each key row as soon as the last
+// query row whose window holds it is done (key row a after query row floor((a + r) / s)), so
+// that the logit gradients dL live only in a ring of the last k query rows, in cache, and the
+// key side re-reads attention weights that the query side has just brought into cache. Key rows
+// are gathered (no atomics), so the result does not depend on the thread count.
+template <typename T, typename O>
+void backward_planes(const BackwardData<T, O>& p, const Geometry& g) {
+  const int64_t row_scratch = (g.KK + g.D + 1) * g.Wv;
+  // A key row needs at most floor(2r / s) + 1 <= k consecutive query rows.
+  for_each_plane<T>(g, row_scratch + g.k * g.attn_row(), [&](int64_t bn, T* scratch) {
+    T* ring = scratch + row_scratch;
+    const auto dl_row = [&](int64_t i) { return ring + i % g.k * g.attn_row(); };
+    int64_t next_key = 0;  // the first key row not yet gathered
+    for (int64_t i = 0; i < g.Ho; ++i) {
+      query_row_grads(p, g, RowTask(bn * g.Ho + i, g.Ho, g.heads), dl_row(i), scratch);
+      const int64_t done = i + 1 == g.Ho ? g.H : std::min(g.H, g.s * (i + 1) - g.r);
+      for (; next_key < done; ++next_key)
+        key_row_grads(p, g, RowTask(bn * g.H + next_key, g.H, g.heads), dl_row, scratch);
     }
   });
 }
@@ -589,7 +632,6 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
   const at::Tensor G = pack_queries<T>(grad_out, g), V = pack_keys<T>(v, g);
   const at::Tensor Q = k ? pack_queries<T>(q, g) : at::Tensor();
   const at::Tensor K = k ? pack_keys<T>(*k, g) : at::Tensor();
-  at::Tensor d_logit = at::empty_like(attn);
   auto grad = [&](bool present, const at::Tensor& like) {
     return present ? planar_empty(g.B, like.size(1), like.size(2), g.heads, g.D, q.options())
                    : at::Tensor();
@@ -603,14 +645,13 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
   // Per (b, n, i) sums of dL, added up over images and rows below (a fixed order: repeatable).
   at::Tensor d_bias_rows = has_bias ? at::empty({g.B, g.heads, g.Ho, g.KK}, opts) : at::Tensor();
   const BackwardData<T, O> p{G.data_ptr<T>(), V.data_ptr<T>(), data_or_null<T>(Q),
-                             data_or_null<T>(K), attn.data_ptr<T>(), d_logit.data_ptr<T>(),
+                             data_or_null<T>(K), attn.data_ptr<T>(),
                              has_row ? d_row.data_ptr<T>() : nullptr,
                              has_col ? d_col.data_ptr<T>() : nullptr,
                              has_bias ? d_bias_rows.data_ptr<T>() : nullptr,
                              k ? d_q.data_ptr<O>() : nullptr, k ? d_k.data_ptr<O>() : nullptr,
                              d_v.data_ptr<O>()};
-  query_side_grads(p, g);
-  key_side_grads(p, g);
+  backward_planes(p, g);
   at::Tensor d_bias;
   if (has_bias) d_bias = d_bias_rows.sum({0, 2}).view({g.heads, g.k, g.k});
   return {d_q, d_k, d_v, d_row, d_col, d_bias};
