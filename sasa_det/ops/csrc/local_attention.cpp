@@ -136,7 +136,25 @@ inline void for_channel_chunks(int64_t D, F&& f) {
 // acc[e] += a * load(x + e * stride) for the ND channels e of a chunk.
 template <typename T, int ND>
 inline void fma_channels(Vec<T>* acc, Vec<T> a, const T* x, int64_t stride) {
+#pragma GCC unroll 8
   for (int e = 0; e < ND; ++e) acc[e] += a * load(x + e * stride);
+}
+
+// f(c, std::integral_constant<int, NC>) for blocks of NC column vectors [c, c + NC * L) covering
+// [0, Wv): NC vectors of each of ND channels make NC * ND independent sums, so that chunks of few
+// channels (head dims 2 and 4) still keep enough FMAs in flight to cover their latency (one
+// vector per channel made each sum one chain of dependent FMAs). Left-over vectors take smaller
+// blocks.
+template <typename T, int ND, typename F>
+inline void for_column_blocks(int64_t Wv, F&& f) {
+  constexpr int64_t L = kLanes<T>;
+  constexpr int kBlock = ND >= 8 ? 1 : ND >= 4 ? 2 : 4;
+  int64_t c = 0;
+  if constexpr (kBlock >= 4)
+    for (; c + 4 * L <= Wv; c += 4 * L) f(c, std::integral_constant<int, 4>{});
+  if constexpr (kBlock >= 2)
+    for (; c + 2 * L <= Wv; c += 2 * L) f(c, std::integral_constant<int, 2>{});
+  for (; c < Wv; c += L) f(c, std::integral_constant<int, 1>{});
 }
 
 // Smallest number of tasks of `work` multiply-adds each worth a parallel chunk.
@@ -218,6 +236,7 @@ void for_each_row(const Geometry& g, int64_t rows, int64_t scratch_size, const F
 template <typename T>
 at::Tensor pack_rows(const at::Tensor& x, int64_t left, int64_t width, int64_t phases = 1) {
   const int64_t B = x.size(0), R = x.size(1), C = x.size(2), heads = x.size(3), m = x.size(4);
+  TORCH_INTERNAL_ASSERT(width % kLanes<T> == 0, "packed rows are whole vectors");
   at::Tensor out = at::empty({B, heads, R, phases, m, width},
                              x.options().dtype(c10::CppTypeToScalarType<T>::value));
   T* dst = out.data_ptr<T>();
@@ -234,14 +253,15 @@ at::Tensor pack_rows(const at::Tensor& x, int64_t left, int64_t width, int64_t p
           const int64_t cols = p < C ? (C - p + phases - 1) / phases : 0;
           const int64_t step = phases * sc;
           for (int64_t e = 0; e < m; ++e) {
-            T* o = dst + ((row * phases + p) * m + e) * width;
-            const scalar_t* x_row = in + p * sc + e * se;
-            std::fill(o, o + left, T(0));
+            T* __restrict o = dst + ((row * phases + p) * m + e) * width + left;
+            const scalar_t* __restrict x_row = in + p * sc + e * se;
+            // Zero vectors over the whole row, then the values: no memset call per pad, which
+            // cost more than the copy on the short rows of small maps.
+            for (int64_t j = -left; j < width - left; j += kLanes<T>) store(o + j, splat(T(0)));
             if (step == 1)
-              for (int64_t j = 0; j < cols; ++j) o[left + j] = static_cast<T>(x_row[j]);
+              for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<T>(x_row[j]);
             else
-              for (int64_t j = 0; j < cols; ++j) o[left + j] = static_cast<T>(x_row[j * step]);
-            std::fill(o + left + cols, o + width, T(0));
+              for (int64_t j = 0; j < cols; ++j) o[j] = static_cast<T>(x_row[j * step]);
           }
         }
       }
@@ -345,22 +365,28 @@ template <typename T>
 inline void window_sum(T* acc, const T* weights, const T* X, const Geometry& g,
                        const RowTask& t) {
   constexpr int64_t L = kLanes<T>;
-  for (int64_t c = 0; c < g.Wv; c += L) {
-    for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
-      constexpr int ND = decltype(nd)::value;
-      Vec<T> s[ND];
-      for (int e = 0; e < ND; ++e) s[e] = splat(T(0));
+  for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
+    constexpr int ND = decltype(nd)::value;
+    for_column_blocks<T, ND>(g.Wv, [&](int64_t c, auto nc) {
+      constexpr int NC = decltype(nc)::value;
+      Vec<T> s[NC][ND];
+      for (int j = 0; j < NC; ++j)
+        for (int e = 0; e < ND; ++e) s[j][e] = splat(T(0));
       for (int64_t u = 0; u < g.k; ++u) {
         const int64_t a = g.s * t.i + u - g.r;
         if (!g.key_row_inside(a)) continue;  // rows outside the image hold zeros
         const T* w_row = weights + u * g.k * g.S + c;
         const T* x_row = X + g.key_row(t.bn, a) + d0 * g.S + c;
         for (int64_t w = 0; w < g.k; ++w)
-          fma_channels<T, ND>(s, load(w_row + w * g.S), x_row + g.key_col[w], g.S);
+#pragma GCC unroll 4
+          for (int j = 0; j < NC; ++j)
+            fma_channels<T, ND>(s[j], load(w_row + w * g.S + j * L), x_row + g.key_col[w] + j * L,
+                                g.S);
       }
-      for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c, s[e]);
+      for (int j = 0; j < NC; ++j)
+        for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c + j * L, s[j][e]);
     });
-  }
+  });
 }
 
 // The key-side mirror of window_sum for key row a = t.i and the keys x = s*m + p of phase p:
@@ -377,22 +403,27 @@ inline void key_gather(T* acc, const SavedRow& saved_row, const T* X, const Geom
   const int64_t col = g.P + (p + g.r - w0) / g.s;  // query column of m = 0 at w = w0
   const int64_t u0 = (t.i + g.r) % g.s, i0 = (t.i + g.r - u0) / g.s;
   const int64_t w_step = g.s * g.S - 1;  // next w of the phase: s offsets on, one column back
-  for (int64_t c = 0; c < g.Wv; c += L) {
-    for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
-      constexpr int ND = decltype(nd)::value;
-      Vec<T> s[ND];
-      for (int e = 0; e < ND; ++e) s[e] = splat(T(0));
+  for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
+    constexpr int ND = decltype(nd)::value;
+    for_column_blocks<T, ND>(g.Wv, [&](int64_t c, auto nc) {
+      constexpr int NC = decltype(nc)::value;
+      Vec<T> s[NC][ND];
+      for (int j = 0; j < NC; ++j)
+        for (int e = 0; e < ND; ++e) s[j][e] = splat(T(0));
       // Query row i = (a + r - u) / s, exact for u = u0, u0 + s, ...; it falls as u rises.
       for (int64_t u = u0, i = i0; u < g.k && i >= 0; u += g.s, --i) {
         if (i >= g.Ho) continue;
         const T* w_col = saved_row(i) + (u * g.k + w0) * g.S + col + c;
         const T* x_col = X + g.query_row(t.bn, i) + d0 * g.S + col + c;
         for (int64_t n = 0; n < nw; ++n)
-          fma_channels<T, ND>(s, load(w_col + n * w_step), x_col - n, g.S);
+#pragma GCC unroll 4
+          for (int j = 0; j < NC; ++j)
+            fma_channels<T, ND>(s[j], load(w_col + n * w_step + j * L), x_col - n + j * L, g.S);
       }
-      for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c, s[e]);
+      for (int j = 0; j < NC; ++j)
+        for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c + j * L, s[j][e]);
     });
-  }
+  });
 }
 
 // 'mask': logits of neighbours outside the image -> -inf: all of offset row u when key row
