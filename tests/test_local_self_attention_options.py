@@ -291,3 +291,27 @@ def test_cosine_similarity_bounds_every_logit_by_the_temperature_whatever_the_in
     with torch.no_grad():
         layer.logit_scale.fill_(10.0)  # exp(10) is clamped to 100
     assert layer.attention_maps(x)['logits'].nan_to_num(neginf=0.0).abs().max() <= 100.0 + 1e-9
+
+
+def test_cosine_normalisation_gradient_equals_autograd_through_its_formula():
+    """The hand-written backward of the per-head normalisation equals autograd through
+    x * scale / max(|x|, eps), for the input and the per-head scale, zero vectors included (where
+    the clamp holds the norm at eps and only the scale passes the gradient on)."""
+    from sasa_det.layers.local_self_attention import _unit_channels
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, 6, generator=gen, dtype=torch.float64)
+    x[0, 1, :, 2, 3] = 0.0
+    x[1, 2, :, 0, 0] = 1e-14  # below eps = 1e-12: clamped too
+    scale = torch.rand(3, 1, 1, 1, generator=gen, dtype=torch.float64) + 0.5
+    grad = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    for with_scale in (True, False):
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        sa, sb = scale.clone().requires_grad_(), scale.clone().requires_grad_()
+        out = _unit_channels(a, sa if with_scale else None)
+        norm = b.square().sum(dim=2, keepdim=True).clamp_min(1e-24).sqrt()
+        expected = b / norm * (sb if with_scale else 1.0)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=0)
+        leaves_a, leaves_b = ([a, sa], [b, sb]) if with_scale else ([a], [b])
+        for got, want in zip(torch.autograd.grad(out, leaves_a, grad),
+                             torch.autograd.grad(expected, leaves_b, grad)):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
