@@ -72,6 +72,7 @@ DETECTOR_CONFIGS = ('retinanet_r50.py', 'retinanet_sasa_r50_convhead.py', 'retin
 LAYER_OPTIONS = {'paper': {}, 'configs': dict(similarity='cosine', position_bias=True)}
 DETECTOR_SIZES = {'cpu': '640x640', 'cuda': '640x640,800x1333'}  # H x W
 DEMO_CONFIGS = ('demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py')
+MALLOC_SETTINGS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')  # glibc tunables
 
 
 def triton_setting(method: str):
@@ -175,6 +176,7 @@ def print_profile(label: str, fn, steps: int, rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows))
 
 
+
 def machine(device: str) -> str:
     if device == 'cuda':
         name = torch.cuda.get_device_name()
@@ -192,8 +194,11 @@ def machine(device: str) -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    # glibc's allocator settings change whole training steps by ~10% (docs/performance.md).
+    malloc = ', '.join(f'{name}={os.environ[name]}' for name in MALLOC_SETTINGS
+                       if name in os.environ) or 'glibc malloc defaults'
     return (f'{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
-            f'load average {load:.2f}')
+            f'load average {load:.2f}, {malloc}')
 
 
 def parse_shape(text: str):
