@@ -157,6 +157,26 @@ inline void for_column_blocks(int64_t Wv, F&& f) {
   for (; c < Wv; c += L) f(c, std::integral_constant<int, 1>{});
 }
 
+// acc[d][c] for all channels d < D and columns c < Wv, in blocks of ND channels x NC column
+// vectors: add(s, d0, c) adds into the block's zeroed sums s[j][e] (channel d0 + e, columns
+// [c + j * L, c + (j + 1) * L)), which are then stored to acc.
+template <typename T, typename Add>
+inline void accumulate_blocks(T* acc, int64_t D, int64_t Wv, const Add& add) {
+  constexpr int64_t L = kLanes<T>;
+  for_channel_chunks(D, [&](int64_t d0, auto nd) {
+    constexpr int ND = decltype(nd)::value;
+    for_column_blocks<T, ND>(Wv, [&](int64_t c, auto nc) {
+      constexpr int NC = decltype(nc)::value;
+      Vec<T> s[NC][ND];
+      for (int j = 0; j < NC; ++j)
+        for (int e = 0; e < ND; ++e) s[j][e] = splat(T(0));
+      add(s, d0, c);
+      for (int j = 0; j < NC; ++j)
+        for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * Wv + c + j * L, s[j][e]);
+    });
+  });
+}
+
 // Smallest number of tasks of `work` multiply-adds each worth a parallel chunk.
 inline int64_t grain(int64_t work) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(work, 1));
@@ -217,15 +237,28 @@ struct RowTask {
       : index(t), bn(t / rows), i(t % rows), b(t / rows / heads), n(t / rows % heads) {}
 };
 
-// f(task, scratch) for each of the B * heads * rows image rows, in parallel chunks; each chunk
-// owns a scratch buffer of scratch_size elements of T.
+// f(task, scratch) for task = 0 .. count - 1, in parallel chunks of at least `grain` tasks, with
+// denormals flushed; each chunk owns a scratch buffer of scratch_size elements of T.
 template <typename T, typename F>
-void for_each_row(const Geometry& g, int64_t rows, int64_t scratch_size, const F& f) {
-  at::parallel_for(0, g.B * g.heads * rows, g.task_grain(), [&](int64_t begin, int64_t end) {
+void parallel_with_scratch(int64_t count, int64_t grain, int64_t scratch_size, const F& f) {
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
     const FlushDenormals flush;
     std::vector<T> scratch(scratch_size);
-    for (int64_t t = begin; t < end; ++t) f(RowTask(t, rows, g.heads), scratch.data());
+    for (int64_t t = begin; t < end; ++t) f(t, scratch.data());
   });
+}
+
+// f(task, scratch) for each of the B * heads * rows image rows.
+template <typename T, typename F>
+void for_each_row(const Geometry& g, int64_t rows, int64_t scratch_size, const F& f) {
+  parallel_with_scratch<T>(g.B * g.heads * rows, g.task_grain(), scratch_size,
+                           [&](int64_t t, T* scratch) { f(RowTask(t, rows, g.heads), scratch); });
+}
+
+// f(bn, scratch) for each of the B * heads planes (one head of one image).
+template <typename T, typename F>
+void for_each_plane(const Geometry& g, int64_t scratch_size, const F& f) {
+  parallel_with_scratch<T>(g.B * g.heads, (g.task_grain() + g.Ho - 1) / g.Ho, scratch_size, f);
 }
 
 // x (B, R, C, heads, m), any strides and floating type -> (B, heads, R, phases, m, width) of T
@@ -365,27 +398,19 @@ template <typename T>
 inline void window_sum(T* acc, const T* weights, const T* X, const Geometry& g,
                        const RowTask& t) {
   constexpr int64_t L = kLanes<T>;
-  for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
-    constexpr int ND = decltype(nd)::value;
-    for_column_blocks<T, ND>(g.Wv, [&](int64_t c, auto nc) {
-      constexpr int NC = decltype(nc)::value;
-      Vec<T> s[NC][ND];
-      for (int j = 0; j < NC; ++j)
-        for (int e = 0; e < ND; ++e) s[j][e] = splat(T(0));
-      for (int64_t u = 0; u < g.k; ++u) {
-        const int64_t a = g.s * t.i + u - g.r;
-        if (!g.key_row_inside(a)) continue;  // rows outside the image hold zeros
-        const T* w_row = weights + u * g.k * g.S + c;
-        const T* x_row = X + g.key_row(t.bn, a) + d0 * g.S + c;
-        for (int64_t w = 0; w < g.k; ++w)
+  accumulate_blocks(acc, g.D, g.Wv, [&]<int NC, int ND>(Vec<T> (&s)[NC][ND], int64_t d0,
+                                                       int64_t c) {
+    for (int64_t u = 0; u < g.k; ++u) {
+      const int64_t a = g.s * t.i + u - g.r;
+      if (!g.key_row_inside(a)) continue;  // rows outside the image hold zeros
+      const T* w_row = weights + u * g.k * g.S + c;
+      const T* x_row = X + g.key_row(t.bn, a) + d0 * g.S + c;
+      for (int64_t w = 0; w < g.k; ++w)
 #pragma GCC unroll 4
-          for (int j = 0; j < NC; ++j)
-            fma_channels<T, ND>(s[j], load(w_row + w * g.S + j * L), x_row + g.key_col[w] + j * L,
-                                g.S);
-      }
-      for (int j = 0; j < NC; ++j)
-        for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c + j * L, s[j][e]);
-    });
+        for (int j = 0; j < NC; ++j)
+          fma_channels<T, ND>(s[j], load(w_row + w * g.S + j * L), x_row + g.key_col[w] + j * L,
+                              g.S);
+    }
   });
 }
 
@@ -403,26 +428,18 @@ inline void key_gather(T* acc, const SavedRow& saved_row, const T* X, const Geom
   const int64_t col = g.P + (p + g.r - w0) / g.s;  // query column of m = 0 at w = w0
   const int64_t u0 = (t.i + g.r) % g.s, i0 = (t.i + g.r - u0) / g.s;
   const int64_t w_step = g.s * g.S - 1;  // next w of the phase: s offsets on, one column back
-  for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
-    constexpr int ND = decltype(nd)::value;
-    for_column_blocks<T, ND>(g.Wv, [&](int64_t c, auto nc) {
-      constexpr int NC = decltype(nc)::value;
-      Vec<T> s[NC][ND];
-      for (int j = 0; j < NC; ++j)
-        for (int e = 0; e < ND; ++e) s[j][e] = splat(T(0));
-      // Query row i = (a + r - u) / s, exact for u = u0, u0 + s, ...; it falls as u rises.
-      for (int64_t u = u0, i = i0; u < g.k && i >= 0; u += g.s, --i) {
-        if (i >= g.Ho) continue;
-        const T* w_col = saved_row(i) + (u * g.k + w0) * g.S + col + c;
-        const T* x_col = X + g.query_row(t.bn, i) + d0 * g.S + col + c;
-        for (int64_t n = 0; n < nw; ++n)
+  accumulate_blocks(acc, g.D, g.Wv, [&]<int NC, int ND>(Vec<T> (&s)[NC][ND], int64_t d0,
+                                                       int64_t c) {
+    // Query row i = (a + r - u) / s, exact for u = u0, u0 + s, ...; it falls as u rises.
+    for (int64_t u = u0, i = i0; u < g.k && i >= 0; u += g.s, --i) {
+      if (i >= g.Ho) continue;
+      const T* w_col = saved_row(i) + (u * g.k + w0) * g.S + col + c;
+      const T* x_col = X + g.query_row(t.bn, i) + d0 * g.S + col + c;
+      for (int64_t n = 0; n < nw; ++n)
 #pragma GCC unroll 4
-          for (int j = 0; j < NC; ++j)
-            fma_channels<T, ND>(s[j], load(w_col + n * w_step + j * L), x_col - n + j * L, g.S);
-      }
-      for (int j = 0; j < NC; ++j)
-        for (int e = 0; e < ND; ++e) store(acc + (d0 + e) * g.Wv + c + j * L, s[j][e]);
-    });
+        for (int j = 0; j < NC; ++j)
+          fma_channels<T, ND>(s[j], load(w_col + n * w_step + j * L), x_col - n + j * L, g.S);
+    }
   });
 }
 
@@ -584,18 +601,6 @@ struct BackwardData {
   T *d_row, *d_col, *d_bias_rows;
   O *d_q, *d_k, *d_v;
 };
-
-// f(bn, scratch) for each of the B * heads planes (one head of one image), in parallel chunks;
-// each chunk owns a scratch buffer of scratch_size elements of T.
-template <typename T, typename F>
-void for_each_plane(const Geometry& g, int64_t scratch_size, const F& f) {
-  const int64_t plane_grain = (g.task_grain() + g.Ho - 1) / g.Ho;
-  at::parallel_for(0, g.B * g.heads, plane_grain, [&](int64_t begin, int64_t end) {
-    const FlushDenormals flush;
-    std::vector<T> scratch(scratch_size);
-    for (int64_t bn = begin; bn < end; ++bn) f(bn, scratch.data());
-  });
-}
 
 // The query side of query row t: dA_o = g . v_o, dL = A (dA - sum_o A dA) into dl_row (a (KK, S)
 // row), the row and column logit gradients, the row's position-bias gradient, and
