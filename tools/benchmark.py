@@ -176,7 +176,6 @@ def print_profile(label: str, fn, steps: int, rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows))
 
 
-
 def machine(device: str) -> str:
     if device == 'cuda':
         name = torch.cuda.get_device_name()
@@ -194,7 +193,7 @@ def machine(device: str) -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    # glibc's allocator settings change whole training steps by ~10% (docs/performance.md).
+    # glibc's allocator settings change whole training steps by 5-10% (docs/performance.md).
     malloc = ', '.join(f'{name}={os.environ[name]}' for name in MALLOC_SETTINGS
                        if name in os.environ) or 'glibc malloc defaults'
     return (f'{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
