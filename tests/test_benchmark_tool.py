@@ -40,7 +40,7 @@ def test_profile_prints_each_methods_operators_with_the_kernel_by_name():
     assert 'profile of conv at (32, 14, 14)' in out and 'profile of ours at (32, 14, 14)' in out
     ours = out[out.index('profile of ours'):]
     assert 'aten::convolution_backward' in out[:out.index('profile of ours')]
-    assert '_CpuLocalAttentionBackward' in ours and 'aten::bmm' in ours
+    assert '_SasaLayerCpuBackward' in ours and 'aten::bmm' in ours
 
 
 @pytest.mark.parametrize('mode,configs', [

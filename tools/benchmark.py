@@ -168,7 +168,8 @@ def peak_mib(layer, x, grad, dtype) -> float:
 
 def print_profile(label: str, fn, steps: int, rows: int = 15) -> None:
     """torch.profiler's operators of `steps` calls of fn, by self CPU time: where a step's time
-    goes (the attention kernel's forward and backward are _CpuLocalAttention[Backward])."""
+    goes. On CPU the SASA layer's forward and backward are _SasaLayerCpu[Backward], the kernel
+    included (_CpuLocalAttention[Backward] where the layer takes the composed path)."""
     with native_stderr_silenced(), profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             fn()

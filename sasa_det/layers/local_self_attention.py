@@ -7,7 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops import local_attention_2d, local_attention_logits_reference
+from ..ops import cpu_layer, local_attention_2d, local_attention_logits_reference
 from ..ops.local_attention import IMPLEMENTATIONS, PADDING_MODES
 from .positional import sinusoidal_2d
 
@@ -125,7 +125,10 @@ class LocalSelfAttention2d(nn.Module):
         scale: factor on the logits; None (default) is the paper's unscaled formula. Use
             ``head_dim ** -0.5`` for Transformer-style scaling.
         bias: add a learned bias to the output (for ConvModule's bias=True); the paper has none.
-        implementation: see :func:`sasa_det.ops.local_attention_2d`.
+        implementation: see :func:`sasa_det.ops.local_attention_2d`. With 'auto' or
+            'cpu_kernel', float32 or float64 CPU inputs and stride-1 queries, the layer with
+            content and relative logits runs as one autograd Function
+            (:func:`sasa_det.ops.cpu_layer.sasa_layer_cpu`: same values, fewer ops).
         head_dim: channels per head d, so heads = C_out / d (as BoTNet and HaloNet configure
             their layers); None (default) takes ``heads``. Giving both raises unless they agree.
         position_bias: add a learned, content-free bias b[head, u, w] per head and window offset
@@ -313,13 +316,30 @@ class LocalSelfAttention2d(nn.Module):
         k = None if k is None else _channels_last(k)
         return _channels_last(q), k, _channels_last(v), row_logits, col_logits, position_bias
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _takes_cpu_layer(self, x: Tensor) -> bool:
+        """True when forward computes the attention as one autograd Function,
+        :func:`sasa_det.ops.cpu_layer.sasa_layer_cpu` (the composed path's values)."""
+        return (self.implementation in ('auto', 'cpu_kernel') and self.uses_content
+                and self.positional_encoding == 'relative' and self.query_stride == 1
+                and cpu_layer.supports(x, self.qkv.weight, self.rel_row, self.rel_col,
+                                       self.position_bias, self.logit_scale))
+
+    def _attention(self, x: Tensor) -> Tensor:
+        """The attention's output (N, C_out, Ho, Wo), before the bias and the pool."""
+        if self._takes_cpu_layer(x):
+            return cpu_layer.sasa_layer_cpu(
+                x, self.qkv.weight, self.heads, self.kernel_size, self.rel_row, self.rel_col,
+                self.position_bias, self.logit_scale, math.log(COSINE_MAX_SCALE), self.scale,
+                self.padding_mode == 'mask')
         q, k, v, row_logits, col_logits, position_bias = self.attention_inputs(x)
         y = local_attention_2d(q, k, v, self.kernel_size, row_logits, col_logits,
                                self.padding_mode, self.implementation, position_bias,
                                self.query_stride)
-        # (N, C_out, Ho, Wo): a view of the fused kernel's planar output, a copy otherwise.
-        y = y.permute(0, 3, 4, 1, 2).flatten(1, 2)
+        # A view of the fused kernel's planar output, a copy otherwise.
+        return y.permute(0, 3, 4, 1, 2).flatten(1, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self._attention(x)
         if self.bias is not None:
             y = y + self.bias[:, None, None]
         return self.pool(y)

@@ -1,0 +1,187 @@
+"""The whole SASA layer on CPU as one autograd Function, its backward written out.
+
+The layer composed of PyTorch ops (projection, cosine normalisation, relative logits, the fused
+kernel of :mod:`sasa_det.ops.cpu_kernel`) runs about a hundred ops per training step, each with
+autograd's bookkeeping, and on the small maps of an FPN and head (16 x 16 down to 1 x 1) those
+cost more than the attention itself. :func:`sasa_layer_cpu` computes the same values with one
+projection matmul, the normalisation and relative logits as a few whole-tensor ops, the kernel,
+and a backward that calls the kernel's backward and then the matmuls of the chain rule directly:
+about half the ops, none of them recorded.
+
+It covers the layer with content and relative logits at stride-1 queries (the paper's layer and
+the shipped configs'): dot-product or cosine similarity, shared or per-head tables, an optional
+position bias, either padding mode, in float32 or float64 without autocast
+(:func:`supports`). The layer takes the composed path for everything else.
+"""
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import cpu_kernel
+
+__all__ = ['sasa_layer_cpu', 'supports']
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def supports(x: Tensor, *parameters: Optional[Tensor]) -> bool:
+    """True when :func:`sasa_layer_cpu` takes input x with these parameters: CPU tensors of one
+    dtype, float32 or float64, autocast off, and the C++ kernel available."""
+    tensors = [x] + [p for p in parameters if p is not None]
+    return (x.device.type == 'cpu' and x.dtype in _DTYPES
+            and all(t.device.type == 'cpu' and t.dtype == x.dtype for t in tensors)
+            and not torch.is_autocast_enabled('cpu') and cpu_kernel.is_available())
+
+
+def _channels_last(planar: Tensor) -> Tensor:
+    """(B, heads, m, H, W) -> the kernel's (B, H, W, heads, m) view of the same memory."""
+    return planar.permute(0, 3, 4, 1, 2)
+
+
+def _planar(channels_last: Tensor) -> Tensor:
+    """The inverse view of :func:`_channels_last`."""
+    return channels_last.permute(0, 3, 4, 1, 2)
+
+
+def _per_image_tables(table: Tensor, images: int) -> Tensor:
+    """(k, d/2) shared or (heads, k, d/2) per-head table -> (images * heads, k, d/2) view."""
+    if table.dim() == 2:
+        return table.expand(images, -1, -1)  # images is B * heads here
+    return table.expand(images // table.shape[0], -1, -1, -1).flatten(0, 1)
+
+
+def _sum_per_table(grads: Tensor, table: Tensor) -> Tensor:
+    """(B * heads, k, d/2) gradient of the expanded table -> the table's gradient."""
+    if table.dim() == 2:
+        return grads.sum(0)
+    return grads.view(-1, *table.shape).sum(0)
+
+
+class _SasaLayerCpu(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, rel_row: Tensor, rel_col: Tensor,
+                position_bias: Optional[Tensor], logit_scale: Optional[Tensor], heads: int,
+                kernel_size: int, max_logit_scale: float, scale: Optional[float],
+                mask: bool, eps: float) -> Tensor:
+        n, _, h, w = x.shape
+        d = weight.shape[0] // 3 // heads
+        projected = torch.bmm(weight.expand(n, -1, -1), x.flatten(2))
+        q, k, v = projected.view(n, 3, heads, d, h, w).unbind(1)
+        if logit_scale is not None:  # cosine: q and k over their norms, q times exp(scale)
+            temperature = logit_scale.clamp(max=max_logit_scale).exp()
+            qk = projected.view(n, 3, heads, d, h, w)[:, :2].transpose(0, 1)
+            squares = qk.square().sum(3, keepdim=True)
+            inv_norm = squares.clamp_min(eps * eps).rsqrt_()
+            factor = inv_norm.clone()
+            factor[0].mul_(temperature.view(heads, 1, 1, 1))
+            # (2, B, heads, d, H, W) memory, so that q alone is contiguous for its matmuls.
+            q_used, k_used = torch.mul(qk, factor, out=x.new_empty(qk.shape)).unbind(0)
+            ctx.cosine = (inv_norm, factor, squares > eps * eps, temperature)
+        else:
+            q_used = q * scale if scale is not None else q.contiguous()
+            k_used, ctx.cosine = k, None
+        halves = q_used.view(n * heads, d, h * w).split(d // 2, dim=1)
+        row, col = (torch.bmm(_per_image_tables(table, n * heads), half).view(n, heads, -1, h, w)
+                    for table, half in zip((rel_row, rel_col), halves))
+        out, attn = cpu_kernel._extension.forward(
+            _channels_last(q_used), _channels_last(k_used), _channels_last(v),
+            _channels_last(row), _channels_last(col), position_bias, kernel_size, 1, mask)
+        ctx.save_for_backward(x, weight, rel_row, rel_col, logit_scale, projected, q_used,
+                              k_used, attn)
+        ctx.heads, ctx.kernel_size, ctx.scale = heads, kernel_size, scale
+        ctx.max_logit_scale, ctx.has_bias = max_logit_scale, position_bias is not None
+        return _planar(out).flatten(1, 2)  # (B, C_out, H, W), contiguous
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight, rel_row, rel_col, logit_scale, projected, q_used, k_used, attn = \
+            ctx.saved_tensors
+        n, c_in, h, w = x.shape
+        heads, d = ctx.heads, q_used.shape[2]
+        _, _, v = projected.view(n, 3, heads, d, h, w).unbind(1)
+        d_q, d_k, d_v, d_row, d_col, d_bias = cpu_kernel._extension.backward(
+            _channels_last(grad.reshape(n, heads, d, h, w)), _channels_last(q_used),
+            _channels_last(k_used), _channels_last(v), attn, ctx.kernel_size, 1, True, True,
+            ctx.has_bias)
+        d_q, d_k, d_v = _planar(d_q), _planar(d_k), _planar(d_v)  # contiguous planar
+        d_tables = _relative_grads(d_q, q_used, (rel_row, rel_col), (d_row, d_col), ctx)
+        d_logit_scale = None
+        if ctx.cosine is not None:
+            d_q, d_k, d_logit_scale = _cosine_grads(d_q, d_k, projected, logit_scale, ctx)
+        elif ctx.scale is not None:
+            d_q = d_q * ctx.scale
+        d_projected = torch.cat([t.reshape(n, -1, h * w) for t in (d_q, d_k, d_v)], dim=1)
+        d_x = d_weight = None
+        if ctx.needs_input_grad[0]:
+            d_x = torch.bmm(weight.t().expand(n, -1, -1), d_projected).view(n, c_in, h, w)
+        if ctx.needs_input_grad[1]:
+            d_weight = torch.bmm(d_projected, x.flatten(2).transpose(1, 2)).sum(0)
+        return (d_x, d_weight, *d_tables, d_bias, d_logit_scale,
+                None, None, None, None, None, None)
+
+
+def _relative_grads(d_q: Tensor, q_used: Tensor, tables, d_logits, ctx):
+    """Adds the relative logits' share to d_q (in place) and returns the tables' gradients
+    (None where not needed). Row tables meet the first d/2 channels of each head, column tables
+    the last d/2."""
+    n, heads, d, h, w = q_used.shape
+    d_halves = d_q.view(n * heads, d, h * w).split(d // 2, dim=1)
+    halves = q_used.reshape(n * heads, d, h * w).split(d // 2, dim=1)
+    grads = []
+    for i, (table, d_logit) in enumerate(zip(tables, d_logits)):
+        d_logit = _planar(d_logit).reshape(n * heads, -1, h * w)
+        expanded = _per_image_tables(table, n * heads)
+        d_halves[i].add_(torch.bmm(expanded.transpose(1, 2), d_logit))
+        grads.append(_sum_per_table(torch.bmm(d_logit, halves[i].transpose(1, 2)), table)
+                     if ctx.needs_input_grad[2 + i] else None)
+    return grads
+
+
+def _cosine_grads(d_q_used: Tensor, d_k_used: Tensor, projected: Tensor,
+                  logit_scale: Tensor, ctx):
+    """d q, d k and d logit_scale through y = x f for f = scale / max(|x|, eps): dx = f (dy -
+    x (x . dy) / |x|^2), with dx = f dy where the norm is clamped, and d scale = sum (x . dy) / |x|
+    (times exp(logit_scale) below the clamp of the temperature)."""
+    inv_norm, factor, unclamped, temperature = ctx.cosine
+    n, heads, d, h, w = d_q_used.shape
+    q, k, _ = projected.view(n, 3, heads, d, h, w).unbind(1)
+    grads, dots = [], []
+    for i, (x, dy) in enumerate(((q, d_q_used), (k, d_k_used))):
+        dot = (x * dy).sum(dim=2, keepdim=True)
+        radial = torch.where(unclamped[i], dot * inv_norm[i].square(), 0)
+        grads.append(torch.addcmul(dy, x, radial, value=-1).mul_(factor[i]))
+        dots.append(dot)
+    d_logit_scale = None
+    if ctx.needs_input_grad[5]:
+        d_temperature = (dots[0] * inv_norm[0]).sum((0, 2, 3, 4)).view_as(temperature)
+        d_logit_scale = d_temperature * temperature * (logit_scale <= ctx.max_logit_scale)
+    return grads[0], grads[1], d_logit_scale
+
+
+def sasa_layer_cpu(x: Tensor, weight: Tensor, heads: int, kernel_size: int, rel_row: Tensor,
+                   rel_col: Tensor, position_bias: Optional[Tensor] = None,
+                   logit_scale: Optional[Tensor] = None, max_logit_scale: float = math.inf,
+                   scale: Optional[float] = None, mask: bool = True,
+                   eps: float = 1e-12) -> Tensor:
+    """The SASA layer's attention at stride-1 queries: x (N, C_in, H, W) -> (N, C_out, H, W).
+
+    weight is the fused [W_Q; W_K; W_V] projection (3 C_out, C_in); rel_row and rel_col the
+    relative tables, (k, d/2) shared by the heads or (heads, k, d/2); position_bias (heads, k, k)
+    or None. With ``logit_scale`` (heads, 1), q and k are L2-normalised per head (norm at least
+    eps) and q multiplied by exp(min(logit_scale, max_logit_scale)) (cosine similarity);
+    otherwise q is multiplied by ``scale`` if given. ``mask``: keys outside the image leave the
+    softmax (else they are zeros inside it). The values are those of
+    :class:`sasa_det.layers.LocalSelfAttention2d`'s composed path and of
+    :func:`sasa_det.ops.local_attention_2d_reference`; :func:`supports` says which inputs it
+    takes.
+    """
+    if not supports(x, weight, rel_row, rel_col, position_bias, logit_scale):
+        raise ValueError(f'sasa_layer_cpu takes CPU tensors of one dtype in {_DTYPES} without '
+                         f'autocast, with the C++ kernel available; got x {x.dtype} on '
+                         f'{x.device}, weight {weight.dtype} on {weight.device}')
+    return _SasaLayerCpu.apply(x, weight, rel_row, rel_col, position_bias, logit_scale, heads,
+                               kernel_size, max_logit_scale, scale, mask, eps)
