@@ -45,18 +45,23 @@ def _planar(channels_last: Tensor) -> Tensor:
     return channels_last.permute(0, 3, 4, 1, 2)
 
 
-def _per_image_tables(table: Tensor, images: int) -> Tensor:
-    """(k, d/2) shared or (heads, k, d/2) per-head table -> (images * heads, k, d/2) view."""
+def _block_tables(rel_row: Tensor, rel_col: Tensor) -> Tensor:
+    """The row and column tables as one block-diagonal table [[r_row, 0], [0, r_col]] of shape
+    (2k, d), or (heads, 2k, d) for per-head tables: times a head's d-vector q it gives the row
+    logits (first k) and the column logits (last k) in one matmul."""
+    if rel_row.dim() == 2:
+        return torch.block_diag(rel_row, rel_col)
+    heads, k, half = rel_row.shape
+    table = rel_row.new_zeros(heads, 2 * k, 2 * half)
+    table[:, :k, :half], table[:, k:, half:] = rel_row, rel_col
+    return table
+
+
+def _per_image(table: Tensor, images: int) -> Tensor:
+    """(2k, d) or (heads, 2k, d) block table -> (images * heads, 2k, d) view."""
     if table.dim() == 2:
         return table.expand(images, -1, -1)  # images is B * heads here
     return table.expand(images // table.shape[0], -1, -1, -1).flatten(0, 1)
-
-
-def _sum_per_table(grads: Tensor, table: Tensor) -> Tensor:
-    """(B * heads, k, d/2) gradient of the expanded table -> the table's gradient."""
-    if table.dim() == 2:
-        return grads.sum(0)
-    return grads.view(-1, *table.shape).sum(0)
 
 
 class _SasaLayerCpu(torch.autograd.Function):
@@ -83,14 +88,13 @@ class _SasaLayerCpu(torch.autograd.Function):
         else:
             q_used = q * scale if scale is not None else q.contiguous()
             k_used, ctx.cosine = k, None
-        halves = q_used.view(n * heads, d, h * w).split(d // 2, dim=1)
-        row, col = (torch.bmm(_per_image_tables(table, n * heads), half).view(n, heads, -1, h, w)
-                    for table, half in zip((rel_row, rel_col), halves))
+        table = _block_tables(rel_row, rel_col)
+        row, col = torch.bmm(_per_image(table, n * heads), q_used.view(n * heads, d, h * w)) \
+            .view(n, heads, 2, -1, h, w).unbind(2)
         out, attn = cpu_kernel._extension.forward(
             _channels_last(q_used), _channels_last(k_used), _channels_last(v),
             _channels_last(row), _channels_last(col), position_bias, kernel_size, 1, mask)
-        ctx.save_for_backward(x, weight, rel_row, rel_col, logit_scale, projected, q_used,
-                              k_used, attn)
+        ctx.save_for_backward(x, weight, table, logit_scale, projected, q_used, k_used, attn)
         ctx.heads, ctx.kernel_size, ctx.scale = heads, kernel_size, scale
         ctx.max_logit_scale, ctx.has_bias = max_logit_scale, position_bias is not None
         return _planar(out).flatten(1, 2)  # (B, C_out, H, W), contiguous
@@ -98,8 +102,7 @@ class _SasaLayerCpu(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight, rel_row, rel_col, logit_scale, projected, q_used, k_used, attn = \
-            ctx.saved_tensors
+        x, weight, table, logit_scale, projected, q_used, k_used, attn = ctx.saved_tensors
         n, c_in, h, w = x.shape
         heads, d = ctx.heads, q_used.shape[2]
         _, _, v = projected.view(n, 3, heads, d, h, w).unbind(1)
@@ -108,7 +111,7 @@ class _SasaLayerCpu(torch.autograd.Function):
             _channels_last(k_used), _channels_last(v), attn, ctx.kernel_size, 1, True, True,
             ctx.has_bias)
         d_q, d_k, d_v = _planar(d_q), _planar(d_k), _planar(d_v)  # contiguous planar
-        d_tables = _relative_grads(d_q, q_used, (rel_row, rel_col), (d_row, d_col), ctx)
+        d_tables = _relative_grads(d_q, q_used, table, d_row, d_col, ctx)
         d_logit_scale = None
         if ctx.cosine is not None:
             d_q, d_k, d_logit_scale = _cosine_grads(d_q, d_k, projected, logit_scale, ctx)
@@ -124,21 +127,20 @@ class _SasaLayerCpu(torch.autograd.Function):
                 None, None, None, None, None, None)
 
 
-def _relative_grads(d_q: Tensor, q_used: Tensor, tables, d_logits, ctx):
-    """Adds the relative logits' share to d_q (in place) and returns the tables' gradients
-    (None where not needed). Row tables meet the first d/2 channels of each head, column tables
-    the last d/2."""
+def _relative_grads(d_q: Tensor, q_used: Tensor, table: Tensor, d_row: Tensor, d_col: Tensor,
+                    ctx):
+    """Adds the relative logits' share to d_q (in place) and returns the row and column tables'
+    gradients (None where not needed), the diagonal blocks of the block table's."""
     n, heads, d, h, w = q_used.shape
-    d_halves = d_q.view(n * heads, d, h * w).split(d // 2, dim=1)
-    halves = q_used.reshape(n * heads, d, h * w).split(d // 2, dim=1)
-    grads = []
-    for i, (table, d_logit) in enumerate(zip(tables, d_logits)):
-        d_logit = _planar(d_logit).reshape(n * heads, -1, h * w)
-        expanded = _per_image_tables(table, n * heads)
-        d_halves[i].add_(torch.bmm(expanded.transpose(1, 2), d_logit))
-        grads.append(_sum_per_table(torch.bmm(d_logit, halves[i].transpose(1, 2)), table)
-                     if ctx.needs_input_grad[2 + i] else None)
-    return grads
+    d_logits = torch.cat((_planar(d_row), _planar(d_col)), dim=2).view(n * heads, -1, h * w)
+    expanded = _per_image(table, n * heads)
+    d_q.view(n * heads, d, h * w).add_(torch.bmm(expanded.transpose(1, 2), d_logits))
+    if not (ctx.needs_input_grad[2] or ctx.needs_input_grad[3]):
+        return None, None
+    d_table = torch.bmm(d_logits, q_used.view(n * heads, d, h * w).transpose(1, 2))
+    d_table = d_table.sum(0) if table.dim() == 2 else d_table.view(-1, *table.shape).sum(0)
+    k, half = table.shape[-2] // 2, d // 2
+    return d_table[..., :k, :half], d_table[..., k:, half:]
 
 
 def _cosine_grads(d_q_used: Tensor, d_k_used: Tensor, projected: Tensor,
