@@ -43,6 +43,26 @@ def test_profile_prints_each_methods_operators_with_the_kernel_by_name():
     assert '_SasaLayerCpuBackward' in ours and 'aten::bmm' in ours
 
 
+def test_composed_method_profiles_the_kernel_inside_the_recorded_ops():
+    """'ours' runs the whole layer as one autograd Function on CPU; 'composed' runs the same
+    layer as recorded ops around the kernel, and the table gives their ratio."""
+    out = _benchmark('--quick', '--profile', '--methods', 'ours,composed', '--no-memory').stdout
+    header = next(line for line in out.splitlines() if line.strip().startswith('C x H'))
+    assert 'ours/composed' in header
+    ours = out[out.index('profile of ours'):out.index('profile of composed')]
+    composed = out[out.index('profile of composed'):]
+    assert '_SasaLayerCpuBackward' in ours and '_CpuLocalAttention' not in ours
+    assert '_CpuLocalAttentionBackward' in composed and '_SasaLayerCpu' not in composed
+
+
+def test_demo_with_composed_adds_a_row_for_the_attention_model_only():
+    out = _benchmark('--demo', '--quick', '--composed').stdout
+    names = [line.split()[0] for line in out.splitlines() if line.split()
+             and line.split()[0].startswith('demo/')]
+    assert names == ['demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py',
+                     'demo/retinanet_sasa_r26w16_demo.py:composed']
+
+
 @pytest.mark.parametrize('mode,configs', [
     ('--demo', ['demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py']),
     ('--detector', ['retinanet_r50.py', 'retinanet_sasa_r50_convhead.py',
@@ -92,6 +112,7 @@ def _load_benchmark():
     (['--detector', '--sizes', '640'], "--sizes are HxW, got '640'"),
     (['--demo', '--detector'], '--detector and --demo each choose the configs'),
     (['--demo', '--detector-configs', 'nope.py'], "no such config under configs/: ['nope.py']"),
+    (['--composed'], '--composed adds rows to --detector or --demo'),
 ])
 def test_gpu_only_methods_and_unknown_names_are_refused_by_name(monkeypatch, capsys, argv,
                                                                 message):

@@ -120,6 +120,16 @@ def test_autocast_takes_the_composed_path():
         assert not layer._takes_cpu_layer(x)
 
 
+def test_composed_block_switches_the_function_off_and_back_on():
+    layer = _random_layer(3, torch.float32)
+    x = torch.randn(1, 8, 4, 4)
+    with cpu_layer.composed():
+        assert not layer._takes_cpu_layer(x)
+        assert 'SasaLayerCpu' not in type(layer(x).grad_fn).__name__
+    assert layer._takes_cpu_layer(x)
+    assert type(layer(x).grad_fn).__name__ == '_SasaLayerCpuBackward'
+
+
 def test_unsupported_inputs_are_refused_by_name():
     weight = torch.randn(12, 3, dtype=torch.float64)
     tables = torch.randn(3, 1, dtype=torch.float64)

@@ -5,7 +5,10 @@ order (so that load drifts hit all alike):
     conv             nn.Conv2d(C, C, 3, padding=1, bias=False), the layer SASA replaces
     unfold           LocalSelfAttention2d(..., implementation='reference'): the unfold op (a
                      k*k*C copy of K and V per pixel, as most public SASA code does)
-    ours             implementation='auto': the fused C++ kernel on CPU, Triton on CUDA
+    ours             implementation='auto': the fused C++ kernel on CPU, Triton on CUDA (on CPU
+                     the whole layer as one autograd Function, sasa_det.ops.cpu_layer)
+    composed         ours on CPU with the layer composed of recorded PyTorch ops around the
+                     kernel (sasa_det.ops.cpu_layer.composed())
     sliced           implementation='sliced': the pure-PyTorch loop over the k*k offsets
     triton           implementation='triton' (CUDA only); triton@<tile>/<warps>, e.g.
                      triton@1024/8, with other tile sizes (triton_op.TILE_ELEMENTS, NUM_WARPS)
@@ -25,8 +28,10 @@ convolutions and projections run in that dtype and the attention op receives it.
 conv R-50, the SASA backbone with the conv FPN/head, and attention everywhere, at 640 x 640 on CPU
 (and 1333 x 800 on CUDA), one step of each config in turn so that load drifts hit all alike.
 --demo does the same for the demo's conv and SASA models at their own size (128 x 128), batch and
-optimizer (AdamW with gradient clipping). Both need mmdet (and, on CUDA, an mmcv built with CUDA
-ops for mmdet's focal loss). The layer benchmark needs PyTorch only.
+optimizer (AdamW with gradient clipping). --composed adds a row per attention config with its
+layers composed of recorded ops (the 'composed' method), interleaved with the others. Both need
+mmdet (and, on CUDA, an mmcv built with CUDA ops for mmdet's focal loss). The layer benchmark
+needs PyTorch only.
 
     python tools/benchmark.py                            # CPU, fp32: the ResNet-50 stage shapes
     python tools/benchmark.py --dtype bfloat16           # the same under bf16 autocast
@@ -37,11 +42,13 @@ ops for mmdet's focal loss). The layer benchmark needs PyTorch only.
     python tools/benchmark.py --detector                 # RetinaNet R-50 training steps
     python tools/benchmark.py --demo                     # the demo models' training steps
     python tools/benchmark.py --demo --profile           # ... and where each step's time goes
+    python tools/benchmark.py --demo --composed          # ... and with the composed layer
     python tools/benchmark.py --device cuda --detector   # GPU: RetinaNet training steps
     python tools/benchmark.py --quick                    # smoke test: one small shape
 """
 import argparse
 import contextlib
+import copy
 import os
 import platform
 import re
@@ -57,11 +64,12 @@ from torch import nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from sasa_det.layers import LocalSelfAttention2d  # noqa: E402
+from sasa_det.ops import cpu_layer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ('64x56', '128x28', '256x14', '512x7')  # ResNet-50's 3x3 convs at a 224 x 224 input
 COCO_STAGE1 = '64x200x336'  # stage 1 (stride 4) of a 1333 x 800 COCO input
-METHODS = ('conv', 'unfold', 'ours', 'sliced', 'triton', 'sliced_compiled')
+METHODS = ('conv', 'unfold', 'ours', 'composed', 'sliced', 'triton', 'sliced_compiled')
 # sliced_compiled is opt-in: Inductor compiles the 49-offset loop anew per shape, dtype and grad
 # mode, which may take minutes in all.
 DEFAULT_METHODS = {'cpu': 'conv,unfold,ours,sliced', 'cuda': 'conv,sliced,triton'}
@@ -89,11 +97,13 @@ def build(method: str, channels: int, kernel_size: int, heads: int,
           layer: str = 'paper') -> nn.Module:
     if method == 'conv':
         return nn.Conv2d(channels, channels, 3, padding=1, bias=False)
-    implementation = {'unfold': 'reference', 'ours': 'auto', 'sliced': 'sliced',
-                      'triton': 'triton', 'sliced_compiled': 'sliced'}[method.split('@')[0]]
+    implementation = {'unfold': 'reference', 'ours': 'auto', 'composed': 'auto',
+                      'sliced': 'sliced', 'triton': 'triton',
+                      'sliced_compiled': 'sliced'}[method.split('@')[0]]
     module = LocalSelfAttention2d(channels, channels, kernel_size, heads=heads,
                                   implementation=implementation, **LAYER_OPTIONS[layer])
     module.triton_setting = triton_setting(method)
+    module.composed = method == 'composed'
     return torch.compile(module) if method == 'sliced_compiled' else module
 
 
@@ -116,15 +126,21 @@ def step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor, dtype: torch.dty
     if setting is not None:  # the Triton launches read these at each call
         from sasa_det.ops import triton_op
         triton_op.TILE_ELEMENTS, triton_op.NUM_WARPS = setting
-    if not backward:
-        with torch.no_grad(), autocast(x.device.type, dtype):
-            layer(x)
-        return
-    layer.zero_grad(set_to_none=True)
-    x.grad = None
-    with autocast(x.device.type, dtype):
-        y = layer(x)
-    y.backward(grad.to(y.dtype))
+    with composed_if(getattr(layer, 'composed', False)):
+        if not backward:
+            with torch.no_grad(), autocast(x.device.type, dtype):
+                layer(x)
+            return
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        with autocast(x.device.type, dtype):
+            y = layer(x)
+        y.backward(grad.to(y.dtype))
+
+
+def composed_if(condition: bool):
+    """sasa_det.ops.cpu_layer.composed() when condition holds, else nothing."""
+    return cpu_layer.composed() if condition else contextlib.nullcontext()
 
 
 def median_ms(layers, x, grad, dtype, warmup: int, repeats: int, backward: bool = True):
@@ -268,6 +284,7 @@ def wide_table(args, device: str, dtype_name: str) -> None:
     methods = args.methods
     ratios = [r for r, need in (('ours/conv', {'ours', 'conv'}),
                                 ('unfold/ours', {'unfold', 'ours'}),
+                                ('ours/composed', {'ours', 'composed'}),
                                 ('sliced/conv', {'sliced', 'conv'}),
                                 ('mem unfold/ours', {'unfold', 'ours'})) if need <= set(methods)]
     header = f"{'C x H':>9} | " + ' | '.join(f'{m + " ms":>10} {m + " MiB":>10}' for m in methods)
@@ -284,6 +301,7 @@ def wide_table(args, device: str, dtype_name: str) -> None:
             f'{ms[m]:>10.1f} {mib[m]:>10.1f}' for m in methods)
         values = {'ours/conv': lambda: ms['ours'] / ms['conv'],
                   'unfold/ours': lambda: ms['unfold'] / ms['ours'],
+                  'ours/composed': lambda: ms['ours'] / ms['composed'],
                   'sliced/conv': lambda: ms['sliced'] / ms['conv'],
                   'mem unfold/ours': lambda: mib['unfold'] / mib['ours']}
         if ratios:
@@ -347,6 +365,7 @@ class TrainStep:
         from mmengine.optim import build_optim_wrapper
         cfg = Config.fromfile(path)
         self.name = str(path.relative_to(ROOT / 'configs'))
+        self.composed = False
         self.model = MODELS.build(cfg.model).to(device).train()
         if args.demo:
             self.optim = build_optim_wrapper(self.model, cfg.optim_wrapper)
@@ -362,11 +381,21 @@ class TrainStep:
         self.inputs = synthetic_batch(batch, *size, cfg.model.bbox_head.num_classes, device)
         self.device, self.dtype = device, dtype
 
+    def has_attention(self) -> bool:
+        return any(isinstance(m, LocalSelfAttention2d) for m in self.model.modules())
+
+    def composed_twin(self) -> 'TrainStep':
+        """The same model, optimizer and batch, its SASA layers composed of recorded ops."""
+        twin = copy.copy(self)
+        twin.name, twin.composed = f'{self.name}:composed', True
+        return twin
+
     def __call__(self) -> None:
-        with autocast(self.device, self.dtype):
-            losses = self.model.loss(*self.inputs)
-        loss = sum(v if torch.is_tensor(v) else sum(v) for v in losses.values())
-        self.optim.update_params(loss)
+        with composed_if(self.composed):
+            with autocast(self.device, self.dtype):
+                losses = self.model.loss(*self.inputs)
+            loss = sum(v if torch.is_tensor(v) else sum(v) for v in losses.values())
+            self.optim.update_params(loss)
 
 
 def detector_steps(args, device: str, dtype_name: str) -> None:
@@ -390,11 +419,13 @@ def detector_steps(args, device: str, dtype_name: str) -> None:
           f'{dtype_name}{" autocast" if dtype != torch.float32 else ""}; median of '
           f'{args.repeats} after {args.warmup} warm-up, configs interleaved; ratio = step / the '
           f'first config\'s step')
-    print(f"{'config':>42} {'H x W':>9} {'batch':>5} {'params M':>8} {'step ms':>9} "
+    print(f"{'config':>45} {'H x W':>9} {'batch':>5} {'params M':>8} {'step ms':>9} "
           f"{'ratio':>6} {'peak MiB':>9}")
     for size in args.sizes or [None]:
         steps = [TrainStep(ROOT / 'configs' / name, args, device, dtype, size)
                  for name in args.detector_configs]
+        if args.composed:
+            steps += [step.composed_twin() for step in steps if step.has_attention()]
         times = {step.name: [] for step in steps}
         peaks = {}
         for repeat in range(args.warmup + args.repeats):
@@ -415,7 +446,7 @@ def detector_steps(args, device: str, dtype_name: str) -> None:
         first = statistics.median(times[steps[0].name])
         for step in steps:
             median = statistics.median(times[step.name])
-            print(f'{step.name:>42} {step.height:>4}x{step.width:<4} {step.batch:>5} '
+            print(f'{step.name:>45} {step.height:>4}x{step.width:<4} {step.batch:>5} '
                   f'{step.params / 1e6:>8.2f} {1e3 * median:>9.1f} {median / first:>5.2f}x '
                   f'{peaks.get(step.name, float("nan")):>9.1f}', flush=True)
 
@@ -452,6 +483,9 @@ def parse_args():
     parser.add_argument('--demo', action='store_true',
                         help=f'time the demo models\' training steps instead, interleaved, at '
                              f'their size, batch and optimizer: {", ".join(DEMO_CONFIGS)}')
+    parser.add_argument('--composed', action='store_true',
+                        help='with --detector or --demo: also time each attention config with '
+                             'its SASA layers composed of recorded ops (the composed method)')
     parser.add_argument('--detector-configs', default=None,
                         help='comma-separated config files under configs/ for --detector or '
                              '--demo; the first is the ratio\'s reference')
@@ -488,6 +522,9 @@ def parse_args():
         parser.error(str(err))
     if args.detector and args.demo:
         parser.error('--detector and --demo each choose the configs; give one of them')
+    if args.composed and not (args.detector or args.demo):
+        parser.error('--composed adds rows to --detector or --demo; for one layer use '
+                     '--methods ...,composed')
     args.detector_configs = (args.detector_configs or ','.join(
         DEMO_CONFIGS if args.demo else DETECTOR_CONFIGS)).split(',')
     missing = [c for c in args.detector_configs if not (ROOT / 'configs' / c).is_file()]

@@ -11,26 +11,42 @@ about half the ops, none of them recorded.
 It covers the layer with content and relative logits at stride-1 queries (the paper's layer and
 the shipped configs'): dot-product or cosine similarity, shared or per-head tables, an optional
 position bias, either padding mode, in float32 or float64 without autocast
-(:func:`supports`). The layer takes the composed path for everything else.
+(:func:`supports`). The layer takes the composed path for everything else, and always where
+``SASA_DET_DISABLE_CPU_LAYER=1`` is set at start-up or inside ``with composed():``.
 """
+import contextlib
 import math
-from typing import Optional
+import os
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor
 
 from . import cpu_kernel
 
-__all__ = ['sasa_layer_cpu', 'supports']
+__all__ = ['composed', 'sasa_layer_cpu', 'supports']
 
 _DTYPES = (torch.float32, torch.float64)
+_enabled = os.environ.get('SASA_DET_DISABLE_CPU_LAYER', '') in ('', '0')
+
+
+@contextlib.contextmanager
+def composed() -> Iterator[None]:
+    """Within the block, SASA layers take their composed path (to compare the two)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
 
 
 def supports(x: Tensor, *parameters: Optional[Tensor]) -> bool:
     """True when :func:`sasa_layer_cpu` takes input x with these parameters: CPU tensors of one
-    dtype, float32 or float64, autocast off, and the C++ kernel available."""
+    dtype, float32 or float64, autocast off, the C++ kernel available, and the Function not
+    switched off (``SASA_DET_DISABLE_CPU_LAYER``, :func:`composed`)."""
     tensors = [x] + [p for p in parameters if p is not None]
-    return (x.device.type == 'cpu' and x.dtype in _DTYPES
+    return (_enabled and x.device.type == 'cpu' and x.dtype in _DTYPES
             and all(t.device.type == 'cpu' and t.dtype == x.dtype for t in tensors)
             and not torch.is_autocast_enabled('cpu') and cpu_kernel.is_available())
 
