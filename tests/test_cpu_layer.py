@@ -40,7 +40,8 @@ def _values_and_grads(layer, x, grad):
 
 
 @pytest.mark.parametrize('options', CASES)
-@pytest.mark.parametrize('size,kernel_size', [((5, 6), 3), ((4, 3), 7), ((1, 1), 3)])
+# (2, 2) and (1, 1): maps small enough for the projections' 2-D matmuls; the others batched.
+@pytest.mark.parametrize('size,kernel_size', [((5, 6), 3), ((4, 3), 7), ((2, 2), 3), ((1, 1), 3)])
 def test_values_and_float64_gradients_equal_the_reference(options, size, kernel_size):
     layer = _random_layer(kernel_size, **options)
     reference = copy.deepcopy(layer)

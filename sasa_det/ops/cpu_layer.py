@@ -27,6 +27,9 @@ from . import cpu_kernel
 __all__ = ['composed', 'sasa_layer_cpu', 'supports']
 
 _DTYPES = (torch.float32, torch.float64)
+# Maps of at most this many pixels multiply as one 2-D matmul: a batched matmul of n skinny
+# (K, P) matrices took 30-70 us there where one (n P, K) matmul takes about 10 us.
+_FEW_PIXELS = 4
 _enabled = os.environ.get('SASA_DET_DISABLE_CPU_LAYER', '') in ('', '0')
 
 
@@ -80,6 +83,24 @@ def _per_image(table: Tensor, images: int) -> Tensor:
     return table.expand(images // table.shape[0], -1, -1, -1).flatten(0, 1)
 
 
+def _shared_matmul(matrix: Tensor, batch: Tensor) -> Tensor:
+    """matrix (M, K) times each (K, P) matrix of batch (n, K, P): (n, M, P), contiguous."""
+    n, _, pixels = batch.shape
+    if pixels > _FEW_PIXELS:
+        return torch.bmm(matrix.expand(n, -1, -1), batch)
+    rows = torch.mm(batch.transpose(1, 2).reshape(n * pixels, -1), matrix.t())
+    return rows.view(n, pixels, -1).transpose(1, 2).contiguous()
+
+
+def _summed_outer(a: Tensor, b: Tensor) -> Tensor:
+    """sum over n of a[n] b[n]^T for a (n, M, P) and b (n, K, P): (M, K)."""
+    n, _, pixels = a.shape
+    if pixels > _FEW_PIXELS:
+        return torch.bmm(a, b.transpose(1, 2)).sum(0)
+    return torch.mm(a.transpose(0, 1).reshape(a.shape[1], -1),
+                    b.transpose(0, 1).reshape(b.shape[1], -1).t())
+
+
 class _SasaLayerCpu(torch.autograd.Function):
 
     @staticmethod
@@ -89,7 +110,7 @@ class _SasaLayerCpu(torch.autograd.Function):
                 mask: bool, eps: float) -> Tensor:
         n, _, h, w = x.shape
         d = weight.shape[0] // 3 // heads
-        projected = torch.bmm(weight.expand(n, -1, -1), x.flatten(2))
+        projected = _shared_matmul(weight, x.flatten(2))
         q, k, v = projected.view(n, 3, heads, d, h, w).unbind(1)
         if logit_scale is not None:  # cosine: q and k over their norms, q times exp(scale)
             temperature = logit_scale.clamp(max=max_logit_scale).exp()
@@ -136,9 +157,9 @@ class _SasaLayerCpu(torch.autograd.Function):
         d_projected = torch.cat([t.reshape(n, -1, h * w) for t in (d_q, d_k, d_v)], dim=1)
         d_x = d_weight = None
         if ctx.needs_input_grad[0]:
-            d_x = torch.bmm(weight.t().expand(n, -1, -1), d_projected).view(n, c_in, h, w)
+            d_x = _shared_matmul(weight.t(), d_projected).view(n, c_in, h, w)
         if ctx.needs_input_grad[1]:
-            d_weight = torch.bmm(d_projected, x.flatten(2).transpose(1, 2)).sum(0)
+            d_weight = _summed_outer(d_projected, x.flatten(2))
         return (d_x, d_weight, *d_tables, d_bias, d_logit_scale,
                 None, None, None, None, None, None)
 
