@@ -179,7 +179,7 @@ def test_kernel_softmax_weights_are_float_exact_over_the_whole_exp_range(kernel)
     col = torch.rand(1, height, width, 1, size, generator=gen) * -50
     zeros = torch.zeros(1, height, width, 1, 2)
     # No keys, 'zeros' padding: logit[u * k + w] = row[u] + col[w], as the kernel adds them.
-    _, attn = kernel._extension.forward(zeros, None, zeros, row, col, None, size, 1, False)
+    _, attn = kernel._extension.forward(zeros, None, zeros, row, col, None, size, 1, False, True)
     weights = attn[0, 0, :, :, size // 2:size // 2 + width].permute(0, 2, 1)
     logits = (row[0, :, :, 0, :, None] + col[0, :, :, 0, None, :]).flatten(2)
     shifted = logits - logits.max(-1, keepdim=True).values
@@ -403,3 +403,22 @@ def test_environment_variable_disables_kernel(monkeypatch):
                         lambda *a, **k: pytest.fail('build attempted'))
     assert not cpu_kernel.is_available()
 
+
+
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('shape', SHAPES[:3], ids=lambda s: 'x'.join(map(str, s)))
+def test_forward_without_a_backward_saves_no_weights_and_gives_the_same_output(kernel, shape,
+                                                                                dtype):
+    """Under no_grad the forward keeps each row's weights in scratch instead of a saved tensor
+    (none is returned), and its output equals, bitwise, the output of the saving forward."""
+    b, h, w, heads, d, size = shape
+    q, k, v, row, col, bias = (t.detach().to(dtype) for t in
+                               make_inputs(b, h, w, heads, d, size, has_bias=True))
+    saved_out, attn = kernel._extension.forward(q, k, v, row, col, bias, size, 1, True, True)
+    out, none = kernel._extension.forward(q, k, v, row, col, bias, size, 1, True, False)
+    assert attn is not None and none is None
+    assert torch.equal(out, saved_out)
+    with torch.no_grad():
+        layer_out = local_attention_2d(q.requires_grad_(), k, v, size, row, col, 'mask',
+                                       position_bias=bias)
+    assert torch.equal(layer_out, saved_out)

@@ -136,3 +136,13 @@ def test_unsupported_inputs_are_refused_by_name():
     tables = torch.randn(3, 1, dtype=torch.float64)
     with pytest.raises(ValueError, match='got x torch.float32 on cpu, weight torch.float64'):
         cpu_layer.sasa_layer_cpu(torch.randn(1, 3, 4, 4), weight, 2, 3, tables, tables)
+
+
+def test_inference_forward_equals_the_training_forward_bitwise():
+    """Under no_grad the Function saves no attention weights; its output is the same."""
+    layer = _random_layer(7, torch.float32, similarity='cosine', position_bias=True)
+    x = torch.randn(2, 8, 9, 10)
+    assert layer._takes_cpu_layer(x)
+    with torch.no_grad():
+        inference = layer(x)
+    assert torch.equal(inference, layer(x.requires_grad_()).detach())

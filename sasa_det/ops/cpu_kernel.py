@@ -12,7 +12,8 @@ queries included); :func:`supports` says which calls it takes, and the dispatche
 others to the sliced path. Inputs may be float64, float32, float16 or bfloat16: the kernel
 computes in float64 for float64 and in float32 otherwise (16-bit inputs are converted as they
 are read, results rounded as they are written). Forward saves q, k, v and the attention weights
-(in the compute type).
+(in the compute type) when a gradient is to come, and nothing without one (no_grad, inputs that do
+not require grad).
 """
 import os
 import platform
@@ -84,9 +85,9 @@ class _CpuLocalAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q: Tensor, k: Optional[Tensor], v: Tensor, row_logits: Optional[Tensor],
                 col_logits: Optional[Tensor], position_bias: Optional[Tensor], kernel_size: int,
-                query_stride: int, mask: bool) -> Tensor:
+                query_stride: int, mask: bool, save_attn: bool) -> Tensor:
         out, attn = _extension.forward(q, k, v, row_logits, col_logits, position_bias,
-                                       kernel_size, query_stride, mask)
+                                       kernel_size, query_stride, mask, save_attn)
         ctx.save_for_backward(q, k, v, attn)
         ctx.kernel_size, ctx.query_stride = kernel_size, query_stride
         # The kernel returns these gradients in its compute type; autograd wants the inputs'.
@@ -103,7 +104,7 @@ class _CpuLocalAttention(torch.autograd.Function):
             *(t is not None for t in ctx.dtypes))
         d_row, d_col, d_bias = (None if t is None else d.to(t)
                                 for d, t in zip(d_logits, ctx.dtypes))
-        return d_q, d_k, d_v, d_row, d_col, d_bias, None, None, None
+        return d_q, d_k, d_v, d_row, d_col, d_bias, None, None, None, None
 
 
 def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_size: int,
@@ -125,5 +126,12 @@ def local_attention_2d_cpu(q: Tensor, k: Optional[Tensor], v: Tensor, kernel_siz
     if q.dtype not in _SUPPORTED_DTYPES:
         raise ValueError(f'the C++ CPU kernel supports dtypes {_SUPPORTED_DTYPES}, got {q.dtype}')
     k = None if k is None else k.to(q.dtype)
+    save_attn = needs_backward(q, k, v, row_logits, col_logits, position_bias)
     return _CpuLocalAttention.apply(q, k, v.to(q.dtype), row_logits, col_logits, position_bias,
-                                    kernel_size, query_stride, padding_mode == 'mask')
+                                    kernel_size, query_stride, padding_mode == 'mask', save_attn)
+
+
+def needs_backward(*tensors: Optional[Tensor]) -> bool:
+    """True when autograd records a call on these tensors (grad mode on and one of them
+    requiring grad): only then must the forward save the attention weights."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -107,7 +107,7 @@ class _SasaLayerCpu(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, rel_row: Tensor, rel_col: Tensor,
                 position_bias: Optional[Tensor], logit_scale: Optional[Tensor], heads: int,
                 kernel_size: int, max_logit_scale: float, scale: Optional[float],
-                mask: bool, eps: float) -> Tensor:
+                mask: bool, eps: float, save_attn: bool) -> Tensor:
         n, _, h, w = x.shape
         d = weight.shape[0] // 3 // heads
         projected = _shared_matmul(weight, x.flatten(2))
@@ -130,7 +130,8 @@ class _SasaLayerCpu(torch.autograd.Function):
             .view(n, heads, 2, -1, h, w).unbind(2)
         out, attn = cpu_kernel._extension.forward(
             _channels_last(q_used), _channels_last(k_used), _channels_last(v),
-            _channels_last(row), _channels_last(col), position_bias, kernel_size, 1, mask)
+            _channels_last(row), _channels_last(col), position_bias, kernel_size, 1, mask,
+            save_attn)
         ctx.save_for_backward(x, weight, table, logit_scale, projected, q_used, k_used, attn)
         ctx.heads, ctx.kernel_size, ctx.scale = heads, kernel_size, scale
         ctx.max_logit_scale, ctx.has_bias = max_logit_scale, position_bias is not None
@@ -161,7 +162,7 @@ class _SasaLayerCpu(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             d_weight = _summed_outer(d_projected, x.flatten(2))
         return (d_x, d_weight, *d_tables, d_bias, d_logit_scale,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def _relative_grads(d_q: Tensor, q_used: Tensor, table: Tensor, d_row: Tensor, d_col: Tensor,
@@ -222,5 +223,6 @@ def sasa_layer_cpu(x: Tensor, weight: Tensor, heads: int, kernel_size: int, rel_
         raise ValueError(f'sasa_layer_cpu takes CPU tensors of one dtype in {_DTYPES} without '
                          f'autocast, with the C++ kernel available; got x {x.dtype} on '
                          f'{x.device}, weight {weight.dtype} on {weight.device}')
+    save_attn = cpu_kernel.needs_backward(x, weight, rel_row, rel_col, position_bias, logit_scale)
     return _SasaLayerCpu.apply(x, weight, rel_row, rel_col, position_bias, logit_scale, heads,
-                               kernel_size, max_logit_scale, scale, mask, eps)
+                               kernel_size, max_logit_scale, scale, mask, eps, save_attn)

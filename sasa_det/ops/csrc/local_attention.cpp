@@ -25,7 +25,8 @@
 // exactly 'zeros' padding, and 'mask' sets out-of-image logits to -inf.
 //
 // Memory. Forward saves only the attention weights (B, heads, Ho, k*k, S) for backward, never a
-// per-query k*k*d copy of keys or values. Backward runs plane by plane (one head of one image),
+// per-query k*k*d copy of keys or values; without a backward to come (save_attn false) each
+// row's weights live in the thread's scratch instead. Backward runs plane by plane (one head of one image),
 // all gathers (no atomics): per query row, dL (the logit gradient), d_q, the row/column logit
 // gradients and the row's sums of dL for the position-bias gradient; per key row and phase, as
 // soon as its last query row is done, d_k and d_v from the queries whose window holds the key.
@@ -568,7 +569,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
                                      const std::optional<at::Tensor>& row_logits,
                                      const std::optional<at::Tensor>& col_logits,
                                      const std::optional<at::Tensor>& position_bias,
-                                     int64_t kernel_size, int64_t stride, bool mask) {
+                                     int64_t kernel_size, int64_t stride, bool mask,
+                                     bool save_attn) {
   const Geometry g(q, v, kernel_size, stride, kLanes<T>);
   const auto opts = q.options().dtype(c10::CppTypeToScalarType<T>::value);
   const at::Tensor Q = pack_queries<T>(q, g), V = pack_keys<T>(v, g);
@@ -578,21 +580,24 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
   const at::Tensor bias = position_bias ? position_bias->to(opts).contiguous()
                                         : at::zeros({g.heads, g.k, g.k}, opts);
   at::Tensor out = planar_empty(g.B, g.Ho, g.Wo, g.heads, g.D, q.options());
-  at::Tensor attn = at::empty({g.B, g.heads, g.Ho, g.KK, g.S}, opts);
+  const at::Tensor attn = save_attn ? at::empty({g.B, g.heads, g.Ho, g.KK, g.S}, opts)
+                                    : at::Tensor();
   const T *Qp = Q.data_ptr<T>(), *Kp = data_or_null<T>(K), *Vp = V.data_ptr<T>();
   const T *Rp = data_or_null<T>(R), *Cp = data_or_null<T>(C), *zp = zeros.data_ptr<T>();
   const T* Bp = bias.data_ptr<T>();
   O* outp = out.data_ptr<O>();
-  T* attnp = attn.data_ptr<T>();
+  T* attnp = save_attn ? attn.data_ptr<T>() : nullptr;
+  const int64_t row_scratch = (g.KK + g.D + 2) * g.Wv;
 
-  for_each_row<T>(g, g.Ho, (g.KK + g.D + 2) * g.Wv, [&](const RowTask& t, T* scratch) {
+  for_each_row<T>(g, g.Ho, row_scratch + (save_attn ? 0 : g.attn_row()),
+                  [&](const RowTask& t, T* scratch) {
     T *logit = scratch, *acc = logit + g.KK * g.Wv, *stats = acc + g.D * g.Wv;
     const int64_t rel = t.index * g.k * g.Wv;
     const PositionalLogits<T> positional{Rp ? Rp + rel : zp, Cp ? Cp + rel : zp,
                                          Bp + t.n * g.KK, Rp ? g.Wv : 0, Cp ? g.Wv : 0, g.k};
     offset_dots(logit, Qp + g.query_row(t.bn, t.i) + g.P, Kp, g, t, positional);
     if (mask) mask_outside(logit, g, t.i);
-    T* a_row = attnp + t.index * g.attn_row();
+    T* a_row = save_attn ? attnp + t.index * g.attn_row() : scratch + row_scratch;
     softmax_row(a_row, logit, stats, g);
     window_sum(acc, a_row + g.P, Vp, g, t);
     unpack_row(outp, acc, g, t, g.Ho, g.Wo);
@@ -722,14 +727,15 @@ std::vector<at::Tensor> local_attention_forward(const at::Tensor& q,
                                                 const std::optional<at::Tensor>& row_logits,
                                                 const std::optional<at::Tensor>& col_logits,
                                                 const std::optional<at::Tensor>& position_bias,
-                                                int64_t kernel_size, int64_t stride, bool mask) {
+                                                int64_t kernel_size, int64_t stride, bool mask,
+                                                bool save_attn) {
   check_inputs(q, k, v, kernel_size, stride);
   TORCH_CHECK(!position_bias || position_bias->numel() == q.size(3) * kernel_size * kernel_size,
               "position_bias must be (heads, k, k)");
   return AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, q.scalar_type(), "sasa_local_attention_forward", [&] {
         return forward_impl<at::opmath_type<scalar_t>, scalar_t>(
-            q, k, v, row_logits, col_logits, position_bias, kernel_size, stride, mask);
+            q, k, v, row_logits, col_logits, position_bias, kernel_size, stride, mask, save_attn);
       });
 }
 
@@ -752,7 +758,8 @@ std::vector<at::Tensor> local_attention_backward(const at::Tensor& grad_out, con
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &local_attention_forward,
-        "local attention forward -> (out (B,Ho,Wo,heads,d), attn (B,heads,Ho,k*k,S))");
+        "local attention forward -> (out (B,Ho,Wo,heads,d), attn (B,heads,Ho,k*k,S) if save_attn "
+        "else None)");
   m.def("backward", &local_attention_backward,
         "local attention backward -> (d_q, d_k, d_v, d_row_logits, d_col_logits, "
         "d_position_bias)");
