@@ -132,3 +132,16 @@ def test_triton_tile_settings_are_parsed_from_the_method_name():
     assert benchmark.triton_setting('triton@256') == (256, shipped[1])
     assert benchmark.triton_setting('triton') == shipped
     assert benchmark.triton_setting('sliced') is None
+
+
+def test_per_layer_lists_every_attention_call_of_the_demo_model_against_its_conv():
+    """The SASA demo model's one forward makes 33 attention calls (13 distinct ones, stage 1's
+    16-channel 32 x 32 layer first); each row gives the conv and SASA times and their ratio."""
+    out = _benchmark('--demo', '--per-layer', '--quick').stdout
+    rows = [line.split() for line in out.splitlines() if re.match(r'\s+8 x \d+ x \d+ x \d+ ', line)]
+    assert len(rows) == 13 and rows[0][:7] == ['8', 'x', '16', 'x', '32', 'x', '32']
+    assert sum(int(row[9]) for row in rows) == 33
+    for row in rows:
+        conv, sasa, ratio = float(row[10]), float(row[11]), float(row[12].rstrip('x'))
+        assert conv > 0 and sasa > 0 and abs(ratio - sasa / conv) < 0.01 + 0.01 * ratio
+    assert 'all calls of a step' in out and 'retinanet_r26w16_demo.py:' not in out

@@ -29,7 +29,10 @@ conv R-50, the SASA backbone with the conv FPN/head, and attention everywhere, a
 (and 1333 x 800 on CUDA), one step of each config in turn so that load drifts hit all alike.
 --demo does the same for the demo's conv and SASA models at their own size (128 x 128), batch and
 optimizer (AdamW with gradient clipping). --composed adds a row per attention config with its
-layers composed of recorded ops (the 'composed' method), interleaved with the others. Both need
+layers composed of recorded ops (the 'composed' method), interleaved with the others.
+--per-layer breaks the attention configs' steps down instead: each distinct SASA layer call of
+one forward (input shape, window, stride), forward + backward, against the 3x3 convolution with
+the same channels and stride that it replaces, with its number of calls per step. Both need
 mmdet (and, on CUDA, an mmcv built with CUDA ops for mmdet's focal loss). The layer benchmark
 needs PyTorch only.
 
@@ -43,6 +46,7 @@ needs PyTorch only.
     python tools/benchmark.py --demo                     # the demo models' training steps
     python tools/benchmark.py --demo --profile           # ... and where each step's time goes
     python tools/benchmark.py --demo --composed          # ... and with the composed layer
+    python tools/benchmark.py --demo --per-layer         # ... each attention layer against conv
     python tools/benchmark.py --device cuda --detector   # GPU: RetinaNet training steps
     python tools/benchmark.py --quick                    # smoke test: one small shape
 """
@@ -398,9 +402,57 @@ class TrainStep:
             self.optim.update_params(loss)
 
 
+def attention_calls(train_step: TrainStep):
+    """{(input shape, kernel size, stride, out channels): [first module, calls]} over the SASA
+    layer calls of one forward of the model on its batch."""
+    calls = {}
+
+    def record(module, inputs, output):
+        key = (tuple(inputs[0].shape), module.kernel_size, module.stride, module.out_channels)
+        calls.setdefault(key, [module, 0])[1] += 1
+
+    hooks = [m.register_forward_hook(record) for m in train_step.model.modules()
+             if isinstance(m, LocalSelfAttention2d)]
+    try:
+        with torch.no_grad():
+            train_step.model.loss(*train_step.inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def per_layer_table(train_step: TrainStep, args, dtype: torch.dtype) -> None:
+    """Forward + backward of each distinct SASA layer call of the model against the 3x3
+    convolution (same channels, stride 1 or 2) that it replaces, interleaved."""
+    print(f'\n{train_step.name}: each distinct attention layer call, forward + backward, median '
+          f'of {args.repeats} after {args.warmup} warm-up; gap = (SASA - conv) x calls per step')
+    print(f"{'input B x C x H x W':>22} {'k':>2} {'stride':>6} {'calls':>5} {'conv ms':>8} "
+          f"{'SASA ms':>8} {'SASA/conv':>9} {'gap ms':>7}")
+    totals = [0.0, 0.0]
+    for (shape, kernel_size, stride, out_channels), (module, count) in \
+            attention_calls(train_step).items():
+        conv = nn.Conv2d(shape[1], out_channels, 3, stride=stride, padding=1,
+                         bias=False).to(train_step.device)
+        x = torch.randn(shape, device=train_step.device, requires_grad=True)
+        with torch.no_grad():
+            grad = torch.randn_like(module(x))
+        times = median_ms({'conv': conv, 'sasa': module}, x, grad, dtype, args.warmup,
+                          args.repeats)
+        totals[0] += count * times['conv']
+        totals[1] += count * times['sasa']
+        print(f"{' x '.join(map(str, shape)):>22} {kernel_size:>2} {stride:>6} {count:>5} "
+              f"{times['conv']:>8.2f} {times['sasa']:>8.2f} "
+              f"{times['sasa'] / times['conv']:>8.2f}x "
+              f"{count * (times['sasa'] - times['conv']):>7.1f}", flush=True)
+    print(f"{'all calls of a step':>22} {'':>2} {'':>6} {'':>5} {totals[0]:>8.1f} "
+          f"{totals[1]:>8.1f} {totals[1] / totals[0]:>8.2f}x {totals[1] - totals[0]:>7.1f}")
+
+
 def detector_steps(args, device: str, dtype_name: str) -> None:
     """Median training-step time of whole RetinaNets, the configs interleaved step by step so
-    that load drifts hit all alike (needs mmdet)."""
+    that load drifts hit all alike (needs mmdet); with --per-layer, the attention configs' layer
+    calls against the convolutions they replace instead."""
     try:
         import mmdet  # noqa: F401
     except ImportError:
@@ -413,6 +465,13 @@ def detector_steps(args, device: str, dtype_name: str) -> None:
     # The current logger: mmengine's INFO lines (one per parameter group) would bury the table.
     MMLogger.get_instance('sasa_det_benchmark', log_level='WARNING')
     dtype = DTYPES[dtype_name]
+    if args.per_layer:
+        for size in args.sizes or [None]:
+            for name in args.detector_configs:
+                train_step = TrainStep(ROOT / 'configs' / name, args, device, dtype, size)
+                if train_step.has_attention():
+                    per_layer_table(train_step, args, dtype)
+        return
     what = 'demo models, their own batch and optimizer' if args.demo else \
         f'batch {args.batch}, SGD'
     print(f'\nwhole-detector training step (forward, loss, backward, optimizer step), {what}, '
@@ -486,6 +545,10 @@ def parse_args():
     parser.add_argument('--composed', action='store_true',
                         help='with --detector or --demo: also time each attention config with '
                              'its SASA layers composed of recorded ops (the composed method)')
+    parser.add_argument('--per-layer', action='store_true',
+                        help='with --detector or --demo: instead of whole steps, time each '
+                             'distinct SASA layer call of the attention configs against the 3x3 '
+                             'convolution it replaces')
     parser.add_argument('--detector-configs', default=None,
                         help='comma-separated config files under configs/ for --detector or '
                              '--demo; the first is the ratio\'s reference')
@@ -522,6 +585,10 @@ def parse_args():
         parser.error(str(err))
     if args.detector and args.demo:
         parser.error('--detector and --demo each choose the configs; give one of them')
+    if args.per_layer and not (args.detector or args.demo):
+        parser.error('--per-layer breaks down the models of --detector or --demo; give one')
+    if args.composed and args.per_layer:
+        parser.error('--composed adds whole-step rows; --per-layer times layers: give one')
     if args.composed and not (args.detector or args.demo):
         parser.error('--composed adds rows to --detector or --demo; for one layer use '
                      '--methods ...,composed')
