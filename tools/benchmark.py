@@ -14,6 +14,9 @@ order (so that load drifts hit all alike):
                      triton@1024/8, with other tile sizes (triton_op.TILE_ELEMENTS, NUM_WARPS)
     sliced_compiled  the sliced layer under torch.compile (compilation happens in the warm-up)
 
+CPU runs use the training tools' allocator settings (glibc keeps freed memory for reuse,
+sasa_det.utils.keep_freed_memory; --malloc-defaults for glibc's own) and print them.
+
 Time: median of --repeats runs after --warmup runs, of forward + backward (input and parameter
 gradients) and, with --device cuda, of the forward alone under no_grad. Peak memory of one
 forward + backward, above what was live before it (inputs and weights excluded; activations,
@@ -69,6 +72,8 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
 from sasa_det.layers import LocalSelfAttention2d  # noqa: E402
 from sasa_det.ops import cpu_layer  # noqa: E402
+from sasa_det.utils import keep_freed_memory  # noqa: E402
+from sasa_det.utils.allocator import ENVIRONMENT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ('64x56', '128x28', '256x14', '512x7')  # ResNet-50's 3x3 convs at a 224 x 224 input
@@ -84,7 +89,6 @@ DETECTOR_CONFIGS = ('retinanet_r50.py', 'retinanet_sasa_r50_convhead.py', 'retin
 LAYER_OPTIONS = {'paper': {}, 'configs': dict(similarity='cosine', position_bias=True)}
 DETECTOR_SIZES = {'cpu': '640x640', 'cuda': '640x640,800x1333'}  # H x W
 DEMO_CONFIGS = ('demo/retinanet_r26w16_demo.py', 'demo/retinanet_sasa_r26w16_demo.py')
-MALLOC_SETTINGS = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')  # glibc tunables
 
 
 def triton_setting(method: str):
@@ -197,7 +201,7 @@ def print_profile(label: str, fn, steps: int, rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=rows))
 
 
-def machine(device: str) -> str:
+def machine(device: str, malloc: str) -> str:
     if device == 'cuda':
         name = torch.cuda.get_device_name()
         try:
@@ -214,9 +218,6 @@ def machine(device: str) -> str:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
-    # glibc's allocator settings change whole training steps by 5-10% (docs/performance.md).
-    malloc = ', '.join(f'{name}={os.environ[name]}' for name in MALLOC_SETTINGS
-                       if name in os.environ) or 'glibc malloc defaults'
     return (f'{cpu}, torch {torch.__version__}, {torch.get_num_threads()} threads, '
             f'load average {load:.2f}, {malloc}')
 
@@ -279,7 +280,7 @@ def _auto(device: str) -> str:
 def wide_table(args, device: str, dtype_name: str) -> None:
     """One row per shape: forward+backward ms and peak MiB per method, and their ratios."""
     dtype = DTYPES[dtype_name]
-    print(f'machine: {machine(device)}{auto_implementation(device, args.methods)}')
+    print(f'machine: {machine(device, args.malloc)}{auto_implementation(device, args.methods)}')
     print(f'forward+backward, {dtype_name}{" autocast" if dtype != torch.float32 else ""}, '
           f'batch {args.batch}, k={args.kernel_size}, {args.heads} heads, {args.layer} layer; '
           f'median of {args.repeats} after {args.warmup} warm-up')
@@ -559,6 +560,9 @@ def parse_args():
     parser.add_argument('--profile', action='store_true',
                         help='after timing, print torch.profiler\'s operator table of each '
                              'method (layer benchmark) or config (--detector, --demo)')
+    parser.add_argument('--malloc-defaults', action='store_true',
+                        help='run under glibc\'s malloc defaults instead of the settings '
+                             'tools/train.py uses (sasa_det.utils.keep_freed_memory)')
     parser.add_argument('--quick', action='store_true',
                         help='smoke test: one small shape, 1 warm-up, 2 repeats')
     args = parser.parse_args()
@@ -607,11 +611,15 @@ def parse_args():
 
 def main() -> None:
     args = parse_args()
+    # The training tools' allocator settings (sasa_det.utils.allocator): as a training run has them.
+    args.malloc = keep_freed_memory() if not args.malloc_defaults else ', '.join(
+        f'{name}={os.environ[name]}' for name in ENVIRONMENT if name in os.environ) or \
+        'glibc malloc defaults (--malloc-defaults)'
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.table == 'long' or args.detector or args.demo:
-        print(f'machine: {machine(args.device)}'
+        print(f'machine: {machine(args.device, args.malloc)}'
               f'{auto_implementation(args.device, args.methods)}')
     for dtype_name in args.dtypes:
         if args.detector or args.demo:

@@ -14,12 +14,13 @@ from mmdet.evaluation import DumpDetResults
 # tools/ is this script's directory, so train.py's command line and set-up are importable; it
 # also puts the repository on sys.path and imports sasa_det.
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import (build_runner, download_url_checkpoints, load_config,  # noqa: E402
-                   parse_args, setup_cache_size_limit_of_dynamo)
+from train import (build_runner, download_url_checkpoints, keep_freed_memory,  # noqa: E402
+                   load_config, parse_args, setup_cache_size_limit_of_dynamo)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv, test=True)
+    keep_freed_memory()
     setup_cache_size_limit_of_dynamo()
     cfg = load_config(args)
     cfg.load_from = args.checkpoint

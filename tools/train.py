@@ -23,7 +23,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import sasa_det  # noqa: E402,F401  (registers the modules the configs name)
 from mmdet.utils import setup_cache_size_limit_of_dynamo  # noqa: E402
 from sasa_det.engine import download_url_checkpoints  # noqa: E402
-from sasa_det.utils import explain_config_errors  # noqa: E402
+from sasa_det.utils import explain_config_errors, keep_freed_memory  # noqa: E402
 
 
 TRAIN_HELP = """\
@@ -150,6 +150,7 @@ def build_runner(cfg: Config) -> Runner:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    keep_freed_memory()  # freed activations stay mapped for the next step (sasa_det.utils)
     setup_cache_size_limit_of_dynamo()  # as mmdet's train.py: fewer torch.compile recompiles
     cfg = load_config(args)
     if args.amp and torch.cuda.is_available():
