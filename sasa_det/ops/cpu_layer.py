@@ -94,8 +94,7 @@ def _shared_matmul(matrix: Tensor, batch: Tensor) -> Tensor:
 
 def _summed_outer(a: Tensor, b: Tensor) -> Tensor:
     """sum over n of a[n] b[n]^T for a (n, M, P) and b (n, K, P): (M, K)."""
-    n, _, pixels = a.shape
-    if pixels > _FEW_PIXELS:
+    if a.shape[2] > _FEW_PIXELS:
         return torch.bmm(a, b.transpose(1, 2)).sum(0)
     return torch.mm(a.transpose(0, 1).reshape(a.shape[1], -1),
                     b.transpose(0, 1).reshape(b.shape[1], -1).t())
