@@ -404,7 +404,6 @@ def test_environment_variable_disables_kernel(monkeypatch):
     assert not cpu_kernel.is_available()
 
 
-
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize('shape', SHAPES[:3], ids=lambda s: 'x'.join(map(str, s)))
 def test_forward_without_a_backward_saves_no_weights_and_gives_the_same_output(kernel, shape,

@@ -73,7 +73,7 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from sasa_det.layers import LocalSelfAttention2d  # noqa: E402
 from sasa_det.ops import cpu_layer  # noqa: E402
 from sasa_det.utils import keep_freed_memory  # noqa: E402
-from sasa_det.utils.allocator import ENVIRONMENT  # noqa: E402
+from sasa_det.utils.allocator import chosen_by_environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ('64x56', '128x28', '256x14', '512x7')  # ResNet-50's 3x3 convs at a 224 x 224 input
@@ -612,9 +612,8 @@ def parse_args():
 def main() -> None:
     args = parse_args()
     # The training tools' allocator settings (sasa_det.utils.allocator): as a training run has them.
-    args.malloc = keep_freed_memory() if not args.malloc_defaults else ', '.join(
-        f'{name}={os.environ[name]}' for name in ENVIRONMENT if name in os.environ) or \
-        'glibc malloc defaults (--malloc-defaults)'
+    args.malloc = keep_freed_memory() if not args.malloc_defaults else \
+        chosen_by_environment() or 'glibc malloc defaults (--malloc-defaults)'
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -14,8 +14,10 @@ import ctypes
 import ctypes.util
 import os
 import platform
+from typing import Optional
 
-__all__ = ['ENVIRONMENT', 'MMAP_THRESHOLD', 'TRIM_THRESHOLD', 'keep_freed_memory']
+__all__ = ['ENVIRONMENT', 'MMAP_THRESHOLD', 'TRIM_THRESHOLD', 'chosen_by_environment',
+           'keep_freed_memory']
 
 MMAP_THRESHOLD = 64 << 20
 TRIM_THRESHOLD = 256 << 20
@@ -23,16 +25,25 @@ ENVIRONMENT = ('MALLOC_MMAP_THRESHOLD_', 'MALLOC_TRIM_THRESHOLD_')  # glibc's st
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's malloc.h
 
 
-def keep_freed_memory() -> str:
-    """Set glibc's mmap threshold to 64 MiB and its trim threshold to 256 MiB for this process,
-    unless the caller set either through the environment (their setting stays) or
-    ``SASA_DET_MALLOC_DEFAULTS=1`` asks for glibc's defaults; nothing off glibc (macOS, musl).
-    Returns the setting in force, in words, for logs."""
+def chosen_by_environment() -> Optional[str]:
+    """The allocator setting, in words, where the environment chooses it (the caller's glibc
+    variables, or ``SASA_DET_MALLOC_DEFAULTS=1`` for glibc's defaults); None where it does not."""
     given = [f'{name}={os.environ[name]}' for name in ENVIRONMENT if name in os.environ]
     if given:
         return ', '.join(given)
     if os.environ.get('SASA_DET_MALLOC_DEFAULTS', '') not in ('', '0'):
         return 'glibc malloc defaults (SASA_DET_MALLOC_DEFAULTS)'
+    return None
+
+
+def keep_freed_memory() -> str:
+    """Set glibc's mmap threshold to 64 MiB and its trim threshold to 256 MiB for this process,
+    unless the caller set either through the environment (their setting stays) or
+    ``SASA_DET_MALLOC_DEFAULTS=1`` asks for glibc's defaults; nothing off glibc (macOS, musl).
+    Returns the setting in force, in words, for logs."""
+    chosen = chosen_by_environment()
+    if chosen:
+        return chosen
     libc_name = platform.libc_ver()[0] == 'glibc' and ctypes.util.find_library('c')
     if not libc_name:
         return 'allocator defaults (not glibc)'

@@ -26,10 +26,11 @@
 //
 // Memory. Forward saves only the attention weights (B, heads, Ho, k*k, S) for backward, never a
 // per-query k*k*d copy of keys or values; without a backward to come (save_attn false) each
-// row's weights live in the thread's scratch instead. Backward runs plane by plane (one head of one image),
-// all gathers (no atomics): per query row, dL (the logit gradient), d_q, the row/column logit
-// gradients and the row's sums of dL for the position-bias gradient; per key row and phase, as
-// soon as its last query row is done, d_k and d_v from the queries whose window holds the key.
+// row's weights live in the thread's scratch instead. Backward runs plane by plane (one head of
+// one image), all gathers (no atomics): per query row, dL (the logit gradient), d_q, the
+// row/column logit gradients and the row's sums of dL for the position-bias gradient; per key
+// row and phase, as soon as its last query row is done, d_k and d_v from the queries whose window
+// holds the key.
 // dL lives only in a ring of the last k query rows, never in a full-size tensor.
 #include <torch/extension.h>
 
@@ -353,8 +354,8 @@ inline void unpack_row(O* out, const T* acc, const Geometry& g, const RowTask& t
 
 // Zero vectors over the pads [0, P) and [P + Wv, S) of the k*k rows of a saved (KK, S) row of
 // attention weights, before its columns [P, P + Wv) are written (which overwrite any overlap), so
-// that gathers over query columns read zeros there. Whole-vector stores: a fill per pad made
-// the compiler call memset twice per offset, a twelfth of the forward on 32-column rows.
+// that gathers over query columns read zeros there. Whole-vector stores rather than a fill per
+// pad, which the compiler turns into two memset calls per offset.
 template <typename T>
 inline void zero_pads(T* saved_row, const Geometry& g) {
   constexpr int64_t L = kLanes<T>;
