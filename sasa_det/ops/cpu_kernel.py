@@ -55,9 +55,12 @@ def _load():
     suffix, arch = _arch_flags()
     try:
         from torch.utils.cpp_extension import load
+        # -fno-tree-loop-distribute-patterns: the kernel's short zeroing loops (pads of each
+        # packed row, of each saved attention row) stay vector stores; GCC otherwise makes them
+        # memset calls, one per pad, which cost a third of the forward on 8 x 8 maps.
         _extension = load(name=f'sasa_det_local_attention_{suffix}', sources=[str(_SOURCE)],
                           extra_cflags=['-O3', '-std=c++20', '-ffp-contract=fast', '-fopenmp',
-                                        *arch],
+                                        '-fno-tree-loop-distribute-patterns', *arch],
                           extra_ldflags=['-fopenmp'], verbose=False)
     except Exception as err:  # no compiler, failed build, unloadable library: all mean fallback
         _build_failed = True

@@ -75,6 +75,12 @@ inline Vec<T> load(const T* p) { return *reinterpret_cast<const VecU<T>*>(p); }
 template <typename T> inline void store(T* p, Vec<T> x) { *reinterpret_cast<VecU<T>*>(p) = x; }
 template <typename T> inline Vec<T> splat(T s) { return Vec<T>{} + s; }
 template <typename V> inline V vmax(V a, V b) { return a > b ? a : b; }
+// {0, 1, ..., lanes - 1}.
+template <typename T> inline Vec<T> lane_indices() {
+  Vec<T> x;
+  for (int l = 0; l < kLanes<T>; ++l) x[l] = T(l);
+  return x;
+}
 
 // exp(x) for float vectors x <= 0 (the softmax's logit minus its maximum; -inf for masked
 // logits), written on vector types so that it vectorises. x = (n + f) ln 2 with n = round(x / ln 2)
@@ -367,21 +373,25 @@ inline void zero_pads(T* saved_row, const Geometry& g) {
 }
 
 // out[o][c] = init(u, w, c) + x_c . y_(s*c + w - r) for o = u*k + w and the Wv queries c of
-// query row i: each query's D-vector x (packed query row, read from column P) against its
-// neighbour at offset (u, w) in the packed key-grid tensor Y. Neighbour rows outside the image,
-// or Y == nullptr, add nothing. Forward: logits from q and K; backward: dA from grad_out and V.
-template <typename T, typename Init>
+// query row i, passed through finish: each query's D-vector x (packed query row, read from column
+// P) against its neighbour at offset (u, w) in the packed key-grid tensor Y. Neighbour rows
+// outside the image, or Y == nullptr, add nothing. finish(w, c, key row inside, value) sees each
+// value once, complete, after finish.start() and before finish.end(c) for column vector c. Forward: logits from q and K, masked,
+// with each query's maximum (MaskAndMax); backward: dA from grad_out and V (NoFinish).
+template <typename T, typename Init, typename Finish>
 inline void offset_dots(T* out, const T* x_row, const T* Y, const Geometry& g, const RowTask& t,
-                        const Init& init) {
+                        const Init& init, Finish& finish) {
   constexpr int64_t L = kLanes<T>;
   for (int64_t c = 0; c < g.Wv; c += L) {
+    finish.start();
     for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
       constexpr int ND = decltype(nd)::value;
+      const bool last = d0 + ND >= g.D;
       Vec<T> x[ND];
       for (int e = 0; e < ND; ++e) x[e] = load(x_row + (d0 + e) * g.S + c);
       for (int64_t u = 0; u < g.k; ++u) {
         const int64_t a = g.s * t.i + u - g.r;
-        const bool inside = Y && g.key_row_inside(a);
+        const bool row_inside = g.key_row_inside(a), inside = Y && row_inside;
         const T* y_row = inside ? Y + g.key_row(t.bn, a) + d0 * g.S + c : nullptr;
         for (int64_t w = 0; w < g.k; ++w) {
           T* o = out + (u * g.k + w) * g.Wv + c;
@@ -390,11 +400,54 @@ inline void offset_dots(T* out, const T* x_row, const T* Y, const Geometry& g, c
             const T* y = y_row + g.key_col[w];
             for (int e = 0; e < ND; ++e) s += x[e] * load(y + e * g.S);
           }
-          store(o, s);
+          store(o, last ? finish(w, c, row_inside, s) : s);
         }
       }
     });
+    finish.end(c);
   }
+}
+
+// offset_dots' finish for values used as they are.
+struct NoFinish {
+  void start() {}
+  template <typename V> V operator()(int64_t, int64_t, bool, V s) const { return s; }
+  void end(int64_t) {}
+};
+
+// offset_dots' finish for the forward's logits. With a column mask (k, Wv) of 0 for neighbour
+// columns inside the image and -inf outside ('mask'; null for 'zeros'), logits of neighbours
+// outside the image become -inf: all of offset row u when its key row is outside, else those of
+// the columns the mask marks. Each query's maximum logit goes to max[c].
+template <typename T>
+struct MaskAndMax {
+  const T* col_mask;
+  T* max;
+  int64_t Wv;
+  Vec<T> running = splat(T(0));
+  void start() { running = splat(-std::numeric_limits<T>::infinity()); }
+  Vec<T> operator()(int64_t w, int64_t c, bool row_inside, Vec<T> s) {
+    if (col_mask)
+      s = row_inside ? s + load(col_mask + w * Wv + c)
+                     : splat(-std::numeric_limits<T>::infinity());
+    running = vmax(running, s);
+    return s;
+  }
+  void end(int64_t c) { store(max + c, running); }
+};
+
+// The column mask of MaskAndMax: entry (w, j) is -inf where query j's neighbour column
+// s*j + w - r is outside the image, for j < Wo, and 0 elsewhere (columns past Wo stay finite, so
+// that no column's logits are all -inf).
+template <typename T>
+std::vector<T> column_mask(const Geometry& g) {
+  std::vector<T> out(g.k * g.Wv, T(0));
+  for (int64_t w = 0; w < g.k; ++w)
+    for (int64_t j = 0; j < g.Wo; ++j) {
+      const int64_t x = g.s * j + w - g.r;
+      if (x < 0 || x >= g.W) out[w * g.Wv + j] = -std::numeric_limits<T>::infinity();
+    }
+  return out;
 }
 
 // acc[d][c] = sum_{u, w} weights[u*k + w][c] * X[key row s*i + u - r][d][s*c + w - r]: every
@@ -449,53 +502,35 @@ inline void key_gather(T* acc, const SavedRow& saved_row, const T* X, const Geom
   });
 }
 
-// 'mask': logits of neighbours outside the image -> -inf: all of offset row u when key row
-// s*i + u - r is outside, else the queries j whose neighbour column s*j + w - r is outside.
+// Softmax over the k*k offsets of every query: logit (KK, Wv), each query's maximum in max
+// (Wv) -> saved row a_row (KK, S), whose columns past Wo (queries that do not exist) and pads hold
+// zeros; logit is left holding the exps. Blocks of column vectors keep their maxima and sums in
+// registers, and their exps are independent of one another.
 template <typename T>
-inline void mask_outside(T* logit, const Geometry& g, int64_t i) {
-  const T neg_inf = -std::numeric_limits<T>::infinity();
-  for (int64_t u = 0; u < g.k; ++u) {
-    const bool row_in = g.key_row_inside(g.s * i + u - g.r);
-    for (int64_t w = 0; w < g.k; ++w) {
-      T* lo = logit + (u * g.k + w) * g.Wv;
-      // Inside for j0 <= j < j1: s*j >= r - w and s*j < W + r - w.
-      const int64_t j0 = row_in ? std::clamp<int64_t>(-floor_div(w - g.r, g.s), 0, g.Wo) : g.Wo;
-      const int64_t j1 = row_in ? std::clamp(-floor_div(w - g.r - g.W, g.s), j0, g.Wo) : g.Wo;
-      std::fill(lo, lo + j0, neg_inf);
-      std::fill(lo + j1, lo + g.Wo, neg_inf);
-    }
-  }
-}
-
-// Softmax over the k*k offsets of every query: logit (KK, Wv) -> saved row a_row (KK, S), whose
-// columns past Wo (queries that do not exist) and pads hold zeros.
-// `stats` is scratch for 2 * Wv values (each query's maximum and sum). The loops run over the
-// offsets outside and the column vectors inside, so that consecutive iterations are independent
-// (a loop over offsets inside chains every max, exp and sum on the one before it).
-template <typename T>
-inline void softmax_row(T* a_row, T* logit, T* stats, const Geometry& g) {
+inline void softmax_row(T* a_row, T* logit, const T* max, const Geometry& g) {
   constexpr int64_t L = kLanes<T>;
-  T *max = stats, *sum = stats + g.Wv;
-  for (int64_t c = 0; c < g.Wv; c += L) {
-    store(max + c, splat(-std::numeric_limits<T>::infinity()));
-    store(sum + c, splat(T(0)));
-  }
-  for (int64_t o = 0; o < g.KK; ++o)
-    for (int64_t c = 0; c < g.Wv; c += L)
-      store(max + c, vmax(load(max + c), load(logit + o * g.Wv + c)));
-  for (int64_t o = 0; o < g.KK; ++o) {
-    for (int64_t c = 0; c < g.Wv; c += L) {
-      const Vec<T> e = vexp(load(logit + o * g.Wv + c) - load(max + c));
-      store(logit + o * g.Wv + c, e);
-      store(sum + c, load(sum + c) + e);
-    }
-  }
-  for (int64_t c = 0; c < g.Wv; c += L) store(sum + c, T(1) / load(sum + c));
-  std::fill(sum + g.Wo, sum + g.Wv, T(0));  // the weights of columns past Wo become zero
   zero_pads(a_row, g);
-  for (int64_t o = 0; o < g.KK; ++o)
-    for (int64_t c = 0; c < g.Wv; c += L)
-      store(a_row + o * g.S + g.P + c, load(logit + o * g.Wv + c) * load(sum + c));
+  for_column_blocks<T, 1>(g.Wv, [&](int64_t c, auto nc) {
+    constexpr int NC = decltype(nc)::value;
+    Vec<T> m[NC], sum[NC];
+    for (int j = 0; j < NC; ++j) m[j] = load(max + c + j * L), sum[j] = splat(T(0));
+    for (int64_t o = 0; o < g.KK; ++o)
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j) {
+        T* x = logit + o * g.Wv + c + j * L;
+        const Vec<T> e = vexp(load(x) - m[j]);
+        store(x, e);
+        sum[j] += e;
+      }
+    // The weights of columns past Wo become zero with their reciprocal sum.
+    Vec<T> column = lane_indices<T>() + T(c);
+    for (int j = 0; j < NC; ++j, column += T(L))
+      sum[j] = column < T(g.Wo) ? T(1) / sum[j] : splat(T(0));
+    for (int64_t o = 0; o < g.KK; ++o)
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j)
+        store(a_row + o * g.S + g.P + c + j * L, load(logit + o * g.Wv + c + j * L) * sum[j]);
+  });
 }
 
 // Softmax backward for one query row: dL = A (dA - sum_o A dA), A read from column P of the saved
@@ -588,18 +623,19 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
   const T* Bp = bias.data_ptr<T>();
   O* outp = out.data_ptr<O>();
   T* attnp = save_attn ? attn.data_ptr<T>() : nullptr;
-  const int64_t row_scratch = (g.KK + g.D + 2) * g.Wv;
+  const int64_t row_scratch = (g.KK + g.D + 1) * g.Wv;
+  const std::vector<T> col_mask = column_mask<T>(g);
 
   for_each_row<T>(g, g.Ho, row_scratch + (save_attn ? 0 : g.attn_row()),
                   [&](const RowTask& t, T* scratch) {
-    T *logit = scratch, *acc = logit + g.KK * g.Wv, *stats = acc + g.D * g.Wv;
+    T *logit = scratch, *acc = logit + g.KK * g.Wv, *max = acc + g.D * g.Wv;
     const int64_t rel = t.index * g.k * g.Wv;
     const PositionalLogits<T> positional{Rp ? Rp + rel : zp, Cp ? Cp + rel : zp,
                                          Bp + t.n * g.KK, Rp ? g.Wv : 0, Cp ? g.Wv : 0, g.k};
-    offset_dots(logit, Qp + g.query_row(t.bn, t.i) + g.P, Kp, g, t, positional);
-    if (mask) mask_outside(logit, g, t.i);
+    MaskAndMax<T> finish{mask ? col_mask.data() : nullptr, max, g.Wv};
+    offset_dots(logit, Qp + g.query_row(t.bn, t.i) + g.P, Kp, g, t, positional, finish);
     T* a_row = save_attn ? attnp + t.index * g.attn_row() : scratch + row_scratch;
-    softmax_row(a_row, logit, stats, g);
+    softmax_row(a_row, logit, max, g);
     window_sum(acc, a_row + g.P, Vp, g, t);
     unpack_row(outp, acc, g, t, g.Ho, g.Wo);
   });
@@ -622,7 +658,8 @@ void query_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTa
                      T* dl_row, T* scratch) {
   const auto no_init = [](int64_t, int64_t, int64_t) { return splat(T(0)); };
   T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *dot = acc + g.D * g.Wv;
-  offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t, no_init);
+  NoFinish finish;
+  offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t, no_init, finish);
   softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, dot, g);
   relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t);
   if (p.d_bias_rows) bias_grads(p.d_bias_rows + t.index * g.KK, dl_row + g.P, g);
