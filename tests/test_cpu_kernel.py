@@ -104,6 +104,23 @@ def test_kernel_float32_realistic_shape(kernel):
         torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+def test_kernel_softmax_shift_is_the_maximum_of_complete_logits(kernel, padding_mode):
+    """At head dim 16 (two chunks of 8 channels) with q . k = +92 over the first chunk and -92
+    over the second, the logits are small but their first-chunk partial sums are not: float32
+    outputs are finite and equal the float64 reference's only if each query's softmax maximum
+    is taken over complete logits (a partial sum of 92 as the shift underflows every exp)."""
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 6, 9, 2, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    q = 3.4 + 0.1 * q
+    k = (3.4 + 0.1 * k) * torch.cat([torch.ones(8), -torch.ones(8)]).double()
+    expected = local_attention_2d_reference(q, k, v, 5, padding_mode=padding_mode)
+    actual = kernel.local_attention_2d_cpu(q.float(), k.float(), v.float(), 5,
+                                           padding_mode=padding_mode)
+    assert torch.isfinite(actual).all()
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-4, atol=1e-4)
+
+
 def test_kernel_accepts_strided_slices_of_fused_projection(kernel):
     """q, k, v as non-contiguous slices of one (B, H, W, 3, heads, d) tensor, as the layer makes
     them, give the reference's values and gradients (the kernel reads strides, no copies)."""

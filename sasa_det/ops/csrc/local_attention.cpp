@@ -372,73 +372,52 @@ inline void zero_pads(T* saved_row, const Geometry& g) {
   }
 }
 
-// out[o][c] = init(u, w, c) + x_c . y_(s*c + w - r) for o = u*k + w and the Wv queries c of
-// query row i, passed through finish: each query's D-vector x (packed query row, read from column
-// P) against its neighbour at offset (u, w) in the packed key-grid tensor Y. Neighbour rows
-// outside the image, or Y == nullptr, add nothing. finish(w, c, key row inside, value) sees each
-// value once, complete, after finish.start() and before finish.end(c) for column vector c. Forward: logits from q and K, masked,
-// with each query's maximum (MaskAndMax); backward: dA from grad_out and V (NoFinish).
-template <typename T, typename Init, typename Finish>
-inline void offset_dots(T* out, const T* x_row, const T* Y, const Geometry& g, const RowTask& t,
-                        const Init& init, Finish& finish) {
+// f(std::integral_constant<int, K>) with K = k for the common window sizes 3, 5 and 7, so that
+// loops over a window's columns unroll and keep one value per column in registers, and K = 0
+// (size known only at run time) for the others.
+template <typename F>
+inline void with_window_size(int64_t k, F&& f) {
+  switch (k) {
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+// out[o][c] = x_c . y_(s*c + w - r) for o = u*k + w and the Wv queries c of query row i: each
+// query's D-vector x (packed query row, read from column P) against its neighbour at offset
+// (u, w) in the packed key-grid tensor Y; zero for neighbour rows outside the image. Backward:
+// dA from grad_out and V.
+template <typename T>
+inline void offset_dots(T* out, const T* x_row, const T* Y, const Geometry& g, const RowTask& t) {
   constexpr int64_t L = kLanes<T>;
   for (int64_t c = 0; c < g.Wv; c += L) {
-    finish.start();
     for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
       constexpr int ND = decltype(nd)::value;
-      const bool last = d0 + ND >= g.D;
       Vec<T> x[ND];
       for (int e = 0; e < ND; ++e) x[e] = load(x_row + (d0 + e) * g.S + c);
       for (int64_t u = 0; u < g.k; ++u) {
         const int64_t a = g.s * t.i + u - g.r;
-        const bool row_inside = g.key_row_inside(a), inside = Y && row_inside;
+        const bool inside = g.key_row_inside(a);
         const T* y_row = inside ? Y + g.key_row(t.bn, a) + d0 * g.S + c : nullptr;
         for (int64_t w = 0; w < g.k; ++w) {
           T* o = out + (u * g.k + w) * g.Wv + c;
-          Vec<T> s = d0 == 0 ? init(u, w, c) : load(o);
+          Vec<T> s = d0 == 0 ? splat(T(0)) : load(o);
           if (inside) {
             const T* y = y_row + g.key_col[w];
             for (int e = 0; e < ND; ++e) s += x[e] * load(y + e * g.S);
           }
-          store(o, last ? finish(w, c, row_inside, s) : s);
+          store(o, s);
         }
       }
     });
-    finish.end(c);
   }
 }
 
-// offset_dots' finish for values used as they are.
-struct NoFinish {
-  void start() {}
-  template <typename V> V operator()(int64_t, int64_t, bool, V s) const { return s; }
-  void end(int64_t) {}
-};
-
-// offset_dots' finish for the forward's logits. With a column mask (k, Wv) of 0 for neighbour
-// columns inside the image and -inf outside ('mask'; null for 'zeros'), logits of neighbours
-// outside the image become -inf: all of offset row u when its key row is outside, else those of
-// the columns the mask marks. Each query's maximum logit goes to max[c].
-template <typename T>
-struct MaskAndMax {
-  const T* col_mask;
-  T* max;
-  int64_t Wv;
-  Vec<T> running = splat(T(0));
-  void start() { running = splat(-std::numeric_limits<T>::infinity()); }
-  Vec<T> operator()(int64_t w, int64_t c, bool row_inside, Vec<T> s) {
-    if (col_mask)
-      s = row_inside ? s + load(col_mask + w * Wv + c)
-                     : splat(-std::numeric_limits<T>::infinity());
-    running = vmax(running, s);
-    return s;
-  }
-  void end(int64_t c) { store(max + c, running); }
-};
-
-// The column mask of MaskAndMax: entry (w, j) is -inf where query j's neighbour column
-// s*j + w - r is outside the image, for j < Wo, and 0 elsewhere (columns past Wo stay finite, so
-// that no column's logits are all -inf).
+// The column mask of the forward's logits ('mask' padding): entry (w, j) is -inf where query
+// j's neighbour column s*j + w - r is outside the image, for j < Wo, and 0 elsewhere (columns
+// past Wo stay finite, so that no column's logits are all -inf).
 template <typename T>
 std::vector<T> column_mask(const Geometry& g) {
   std::vector<T> out(g.k * g.Wv, T(0));
@@ -588,16 +567,75 @@ inline void bias_grads(T* d_bias_row, const T* dl, const Geometry& g) {
   }
 }
 
-// The positional part of the logits: row_logits[u] + col_logits[w] + bias[n, u, w] for columns
-// [c, c + L) of one query row. Absent row or column logits read a zero vector with stride 0.
+// The positional part of one query row's logits, (row[u] + col[w]) + bias[u*k + w] for offset
+// (u, w): row and column logits (k, Wv) of the row (absent ones read a zero vector with stride
+// 0), the head's position bias (k, k), and with 'mask' the column mask (k, Wv) of column_mask,
+// added to the column logits (null for 'zeros').
 template <typename T>
 struct PositionalLogits {
-  const T *row, *col, *bias;
-  int64_t row_stride, col_stride, k;
-  Vec<T> operator()(int64_t u, int64_t w, int64_t c) const {
-    return load(row + u * row_stride + c) + load(col + w * col_stride + c) + bias[u * k + w];
+  const T *row, *col, *bias, *col_mask;
+  int64_t row_stride, col_stride, Wv;
+  Vec<T> row_part(int64_t u, int64_t c) const { return load(row + u * row_stride + c); }
+  Vec<T> col_part(int64_t w, int64_t c) const {
+    const Vec<T> x = load(col + w * col_stride + c);
+    return col_mask ? x + load(col_mask + w * Wv + c) : x;
   }
 };
+
+// The logits of query row i, logit[o][c] = positional(u, w, c) + q_c . k_(s*c + w - r) for
+// o = u*k + w (KK, Wv), with 'mask' -inf for neighbours outside the image, and each query's
+// maximum logit in max (Wv). The k column parts of a column vector are computed once and held
+// (in registers for K > 0, see with_window_size); offset rows whose key row is outside the
+// image are all -inf with 'mask' and only positional with 'zeros' (zero keys).
+template <typename T, int K>
+inline void logit_row(T* logit, T* max, const T* q_row, const T* Kp,
+                      const PositionalLogits<T>& positional, bool mask, const Geometry& g,
+                      const RowTask& t) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t k = K > 0 ? K : g.k;
+  const Vec<T> neg_inf = splat(-std::numeric_limits<T>::infinity());
+  for (int64_t c = 0; c < g.Wv; c += L) {
+    Vec<T> cols[K > 0 ? K : 1];
+    if constexpr (K > 0)
+      for (int w = 0; w < K; ++w) cols[w] = positional.col_part(w, c);
+    const auto col_part = [&](int64_t w) {
+      if constexpr (K > 0) return cols[w];
+      else return positional.col_part(w, c);
+    };
+    Vec<T> running = neg_inf;
+    for_channel_chunks(g.D, [&](int64_t d0, auto nd) {
+      constexpr int ND = decltype(nd)::value;
+      const bool complete = d0 + ND >= g.D;  // the last chunk of channels completes the logits
+      Vec<T> x[ND];
+      for (int e = 0; e < ND; ++e) x[e] = load(q_row + (d0 + e) * g.S + c);
+      for (int64_t u = 0; u < k; ++u) {
+        const int64_t a = g.s * t.i + u - g.r;
+        const bool row_inside = g.key_row_inside(a);
+        T* o = logit + u * k * g.Wv + c;
+        if (mask && !row_inside) {
+          if (d0 == 0)
+            for (int64_t w = 0; w < k; ++w) store(o + w * g.Wv, neg_inf);
+          continue;
+        }
+        const bool dots = Kp && row_inside;
+        const T* y_row = dots ? Kp + g.key_row(t.bn, a) + d0 * g.S + c : nullptr;
+        const Vec<T> row = positional.row_part(u, c);
+        const T* bias = positional.bias + u * k;
+#pragma GCC unroll 7
+        for (int64_t w = 0; w < k; ++w) {
+          Vec<T> s = d0 == 0 ? (row + col_part(w)) + bias[w] : load(o + w * g.Wv);
+          if (dots) {
+            const T* y = y_row + g.key_col[w];
+            for (int e = 0; e < ND; ++e) s += x[e] * load(y + e * g.S);
+          }
+          store(o + w * g.Wv, s);
+          if (complete) running = vmax(running, s);
+        }
+      }
+    });
+    store(max + c, running);
+  }
+}
 
 template <typename T, typename O>
 std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at::Tensor>& k,
@@ -631,9 +669,12 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
     T *logit = scratch, *acc = logit + g.KK * g.Wv, *max = acc + g.D * g.Wv;
     const int64_t rel = t.index * g.k * g.Wv;
     const PositionalLogits<T> positional{Rp ? Rp + rel : zp, Cp ? Cp + rel : zp,
-                                         Bp + t.n * g.KK, Rp ? g.Wv : 0, Cp ? g.Wv : 0, g.k};
-    MaskAndMax<T> finish{mask ? col_mask.data() : nullptr, max, g.Wv};
-    offset_dots(logit, Qp + g.query_row(t.bn, t.i) + g.P, Kp, g, t, positional, finish);
+                                         Bp + t.n * g.KK, mask ? col_mask.data() : nullptr,
+                                         Rp ? g.Wv : 0, Cp ? g.Wv : 0, g.Wv};
+    with_window_size(g.k, [&](auto window) {
+      logit_row<T, decltype(window)::value>(logit, max, Qp + g.query_row(t.bn, t.i) + g.P, Kp,
+                                            positional, mask, g, t);
+    });
     T* a_row = save_attn ? attnp + t.index * g.attn_row() : scratch + row_scratch;
     softmax_row(a_row, logit, max, g);
     window_sum(acc, a_row + g.P, Vp, g, t);
@@ -656,10 +697,8 @@ struct BackwardData {
 template <typename T, typename O>
 void query_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTask& t,
                      T* dl_row, T* scratch) {
-  const auto no_init = [](int64_t, int64_t, int64_t) { return splat(T(0)); };
   T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *dot = acc + g.D * g.Wv;
-  NoFinish finish;
-  offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t, no_init, finish);
+  offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t);
   softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, dot, g);
   relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t);
   if (p.d_bias_rows) bias_grads(p.d_bias_rows + t.index * g.KK, dl_row + g.P, g);
