@@ -662,7 +662,7 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
   O* outp = out.data_ptr<O>();
   T* attnp = save_attn ? attn.data_ptr<T>() : nullptr;
   const int64_t row_scratch = (g.KK + g.D + 1) * g.Wv;
-  const std::vector<T> col_mask = column_mask<T>(g);
+  const std::vector<T> col_mask = mask ? column_mask<T>(g) : std::vector<T>();
 
   for_each_row<T>(g, g.Ho, row_scratch + (save_attn ? 0 : g.attn_row()),
                   [&](const RowTask& t, T* scratch) {
