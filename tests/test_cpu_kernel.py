@@ -196,7 +196,8 @@ def test_kernel_softmax_weights_are_float_exact_over_the_whole_exp_range(kernel)
     col = torch.rand(1, height, width, 1, size, generator=gen) * -50
     zeros = torch.zeros(1, height, width, 1, 2)
     # No keys, 'zeros' padding: logit[u * k + w] = row[u] + col[w], as the kernel adds them.
-    _, attn = kernel._extension.forward(zeros, None, zeros, row, col, None, size, 1, False, True)
+    _, attn = kernel._extension.forward(zeros, None, zeros, row, col, None, None, None, size, 1,
+                                        False, True)
     weights = attn[0, 0, :, :, size // 2:size // 2 + width].permute(0, 2, 1)
     logits = (row[0, :, :, 0, :, None] + col[0, :, :, 0, None, :]).flatten(2)
     shifted = logits - logits.max(-1, keepdim=True).values
@@ -268,6 +269,76 @@ def test_kernel_gradients_repeat_bitwise_across_runs_and_thread_counts(kernel):
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             assert torch.equal(a, b)
+
+
+def _table_logits(q, table, half):
+    """The row (half 0) or column (half 1) logits (B, Ho, Wo, heads, k) of q (B, Ho, Wo, heads,
+    d) from a (heads, k, d/2) table: q's first or last d/2 channels against the table's rows."""
+    h = table.shape[-1]
+    return torch.einsum('bijne,nue->bijnu', q[..., half * h:(half + 1) * h], table)
+
+
+def _kernel_with_tables(q, k, v, row_table, col_table, bias, kernel_size, padding_mode,
+                        query_stride):
+    """The kernel's table form as a differentiable function of all its inputs."""
+    ext = cpu_kernel._extension
+
+    class WithTables(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, q, k, v, row_table, col_table, bias):
+            out, attn = ext.forward(q, k, v, None, None, row_table, col_table, bias, kernel_size,
+                                    query_stride, padding_mode == 'mask', True)
+            ctx.save_for_backward(q, k, v, attn, row_table, col_table)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad):
+            q, k, v, attn, row_table, col_table = ctx.saved_tensors
+            d_q, d_k, d_v, d_row, d_col, d_bias, d_row_table, d_col_table = ext.backward(
+                grad, q, k, v, attn, row_table, col_table, kernel_size, query_stride, False,
+                False, True)
+            assert d_row is None and d_col is None
+            return d_q, d_k, d_v, d_row_table, d_col_table, d_bias
+
+    return WithTables.apply(q, k, v, row_table, col_table, bias)
+
+
+# (B, H, W, heads, d, k, query stride): head dims 2 and 16 (two channel chunks), a row past one
+# SIMD vector, strided queries.
+TABLE_SHAPES = [(2, 5, 11, 2, 2, 7, 1), (1, 4, 6, 3, 16, 3, 1), (1, 9, 10, 2, 4, 5, 2)]
+
+
+@pytest.mark.parametrize('shape', TABLE_SHAPES, ids=lambda s: 'x'.join(map(str, s)))
+@pytest.mark.parametrize('has_k', [True, False], ids=['content+rel', 'rel-only'])
+@pytest.mark.parametrize('padding_mode', ['mask', 'zeros'])
+def test_kernel_relative_tables_equal_the_logits_they_make(kernel, shape, has_k, padding_mode):
+    """Given per-head tables instead of logits, the kernel's output and its gradients of q, k, v,
+    the bias and the tables equal, in float64, the reference fed the logits q . table (its
+    table gradients through autograd)."""
+    b, h, w, heads, d, size, stride = shape
+    q, k, v, _, _, bias = make_strided_inputs(b, h, w, heads, d, size, stride, has_k, False)
+    gen = torch.Generator().manual_seed(2)
+    tables = [torch.randn(heads, size, d // 2, generator=gen, dtype=torch.float64)
+              .requires_grad_() for _ in range(2)]
+    leaves = [t for t in (q, k, v, bias, *tables) if t is not None]
+
+    out = _kernel_with_tables(q, k, v, *tables, bias, size, padding_mode, stride)
+    grad_out = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    actual = [out, *torch.autograd.grad(out, leaves, grad_out)]
+    expected_out = local_attention_2d_reference(
+        q, k, v, size, _table_logits(q, tables[0], 0), _table_logits(q, tables[1], 1),
+        padding_mode, position_bias=bias, query_stride=stride)
+    expected = [expected_out, *torch.autograd.grad(expected_out, leaves, grad_out)]
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_relative_tables_refuse_a_wrong_shape_by_name(kernel):
+    q, k, v, *_ = make_inputs(1, 4, 4, 2, 4, 3)
+    wrong = torch.zeros(2, 3, 4, dtype=torch.float64)  # d/2 is 2
+    with pytest.raises(RuntimeError, match=r'relative tables must be \(heads, k, head_dim / 2\)'):
+        cpu_kernel._extension.forward(q.detach(), k.detach(), v.detach(), None, None, wrong,
+                                      wrong, None, 3, 1, True, False)
 
 
 def make_strided_inputs(b, h, w, heads, d, kernel_size, stride, has_k, has_rel, dtype=torch.float64,
@@ -430,8 +501,10 @@ def test_forward_without_a_backward_saves_no_weights_and_gives_the_same_output(k
     b, h, w, heads, d, size = shape
     q, k, v, row, col, bias = (t.detach().to(dtype) for t in
                                make_inputs(b, h, w, heads, d, size, has_bias=True))
-    saved_out, attn = kernel._extension.forward(q, k, v, row, col, bias, size, 1, True, True)
-    out, none = kernel._extension.forward(q, k, v, row, col, bias, size, 1, True, False)
+    saved_out, attn = kernel._extension.forward(q, k, v, row, col, None, None, bias, size, 1,
+                                                True, True)
+    out, none = kernel._extension.forward(q, k, v, row, col, None, None, bias, size, 1, True,
+                                          False)
     assert attn is not None and none is None
     assert torch.equal(out, saved_out)
     with torch.no_grad():

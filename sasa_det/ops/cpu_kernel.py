@@ -89,8 +89,8 @@ class _CpuLocalAttention(torch.autograd.Function):
     def forward(ctx, q: Tensor, k: Optional[Tensor], v: Tensor, row_logits: Optional[Tensor],
                 col_logits: Optional[Tensor], position_bias: Optional[Tensor], kernel_size: int,
                 query_stride: int, mask: bool, save_attn: bool) -> Tensor:
-        out, attn = _extension.forward(q, k, v, row_logits, col_logits, position_bias,
-                                       kernel_size, query_stride, mask, save_attn)
+        out, attn = _extension.forward(q, k, v, row_logits, col_logits, None, None,
+                                       position_bias, kernel_size, query_stride, mask, save_attn)
         ctx.save_for_backward(q, k, v, attn)
         ctx.kernel_size, ctx.query_stride = kernel_size, query_stride
         # The kernel returns these gradients in its compute type; autograd wants the inputs'.
@@ -102,8 +102,8 @@ class _CpuLocalAttention(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
         q, k, v, attn = ctx.saved_tensors
-        d_q, d_k, d_v, *d_logits = _extension.backward(
-            grad_out, q, k, v, attn, ctx.kernel_size, ctx.query_stride,
+        d_q, d_k, d_v, *d_logits, _, _ = _extension.backward(
+            grad_out, q, k, v, attn, None, None, ctx.kernel_size, ctx.query_stride,
             *(t is not None for t in ctx.dtypes))
         d_row, d_col, d_bias = (None if t is None else d.to(t)
                                 for d, t in zip(d_logits, ctx.dtypes))

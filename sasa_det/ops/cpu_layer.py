@@ -4,9 +4,11 @@ The layer composed of PyTorch ops (projection, cosine normalisation, relative lo
 kernel of :mod:`sasa_det.ops.cpu_kernel`) runs about a hundred ops per training step, each with
 autograd's bookkeeping, and on the small maps of an FPN and head (16 x 16 down to 1 x 1) those
 cost more than the attention itself. :func:`sasa_layer_cpu` computes the same values with one
-projection matmul, the normalisation and relative logits as a few whole-tensor ops, the kernel,
-and a backward that calls the kernel's backward and then the matmuls of the chain rule directly:
-about half the ops, none of them recorded.
+projection matmul, the normalisation as a few whole-tensor ops, and the kernel, which makes the
+relative logits from q and the tables as it makes the content logits (at head dim 2 the row and
+column logits would be 7 times the size of q); its backward calls the kernel's backward, which
+also returns the tables' gradients, and then the matmuls of the chain rule directly: about half
+the ops, none of them recorded.
 
 It covers the layer with content and relative logits at stride-1 queries (the paper's layer and
 the shipped configs'): dot-product or cosine similarity, shared or per-head tables, an optional
@@ -64,23 +66,10 @@ def _planar(channels_last: Tensor) -> Tensor:
     return channels_last.permute(0, 3, 4, 1, 2)
 
 
-def _block_tables(rel_row: Tensor, rel_col: Tensor) -> Tensor:
-    """The row and column tables as one block-diagonal table [[r_row, 0], [0, r_col]] of shape
-    (2k, d), or (heads, 2k, d) for per-head tables: times a head's d-vector q it gives the row
-    logits (first k) and the column logits (last k) in one matmul."""
-    if rel_row.dim() == 2:
-        return torch.block_diag(rel_row, rel_col)
-    heads, k, half = rel_row.shape
-    table = rel_row.new_zeros(heads, 2 * k, 2 * half)
-    table[:, :k, :half], table[:, k:, half:] = rel_row, rel_col
-    return table
-
-
-def _per_image(table: Tensor, images: int) -> Tensor:
-    """(2k, d) or (heads, 2k, d) block table -> (images * heads, 2k, d) view."""
-    if table.dim() == 2:
-        return table.expand(images, -1, -1)  # images is B * heads here
-    return table.expand(images // table.shape[0], -1, -1, -1).flatten(0, 1)
+def _head_tables(table: Tensor, heads: int) -> Tensor:
+    """A relative table, (k, d/2) shared by the heads or (heads, k, d/2), as the kernel's
+    contiguous (heads, k, d/2)."""
+    return (table.expand(heads, -1, -1) if table.dim() == 2 else table).contiguous()
 
 
 def _shared_matmul(matrix: Tensor, batch: Tensor) -> Tensor:
@@ -124,31 +113,34 @@ class _SasaLayerCpu(torch.autograd.Function):
         else:
             q_used = q * scale if scale is not None else q.contiguous()
             k_used, ctx.cosine = k, None
-        table = _block_tables(rel_row, rel_col)
-        row, col = torch.bmm(_per_image(table, n * heads), q_used.view(n * heads, d, h * w)) \
-            .view(n, heads, 2, -1, h, w).unbind(2)
+        # The kernel makes the relative logits from q and the tables as it makes the others.
+        row_table, col_table = _head_tables(rel_row, heads), _head_tables(rel_col, heads)
         out, attn = cpu_kernel._extension.forward(
-            _channels_last(q_used), _channels_last(k_used), _channels_last(v),
-            _channels_last(row), _channels_last(col), position_bias, kernel_size, 1, mask,
-            save_attn)
-        ctx.save_for_backward(x, weight, table, logit_scale, projected, q_used, k_used, attn)
+            _channels_last(q_used), _channels_last(k_used), _channels_last(v), None, None,
+            row_table, col_table, position_bias, kernel_size, 1, mask, save_attn)
+        ctx.save_for_backward(x, weight, row_table, col_table, logit_scale, projected, q_used,
+                              k_used, attn)
         ctx.heads, ctx.kernel_size, ctx.scale = heads, kernel_size, scale
         ctx.max_logit_scale, ctx.has_bias = max_logit_scale, position_bias is not None
+        ctx.shared_tables = rel_row.dim() == 2
         return _planar(out).flatten(1, 2)  # (B, C_out, H, W), contiguous
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        x, weight, table, logit_scale, projected, q_used, k_used, attn = ctx.saved_tensors
+        (x, weight, row_table, col_table, logit_scale, projected, q_used, k_used,
+         attn) = ctx.saved_tensors
         n, c_in, h, w = x.shape
         heads, d = ctx.heads, q_used.shape[2]
         _, _, v = projected.view(n, 3, heads, d, h, w).unbind(1)
-        d_q, d_k, d_v, d_row, d_col, d_bias = cpu_kernel._extension.backward(
+        # d_q includes the relative logits' share; the tables' gradients are per head.
+        d_q, d_k, d_v, _, _, d_bias, d_row_table, d_col_table = cpu_kernel._extension.backward(
             _channels_last(grad.reshape(n, heads, d, h, w)), _channels_last(q_used),
-            _channels_last(k_used), _channels_last(v), attn, ctx.kernel_size, 1, True, True,
-            ctx.has_bias)
+            _channels_last(k_used), _channels_last(v), attn, row_table, col_table,
+            ctx.kernel_size, 1, False, False, ctx.has_bias)
         d_q, d_k, d_v = _planar(d_q), _planar(d_k), _planar(d_v)  # contiguous planar
-        d_tables = _relative_grads(d_q, q_used, table, d_row, d_col, ctx)
+        if ctx.shared_tables:
+            d_row_table, d_col_table = d_row_table.sum(0), d_col_table.sum(0)
         d_logit_scale = None
         if ctx.cosine is not None:
             d_q, d_k, d_logit_scale = _cosine_grads(d_q, d_k, projected, logit_scale, ctx)
@@ -160,24 +152,8 @@ class _SasaLayerCpu(torch.autograd.Function):
             d_x = _shared_matmul(weight.t(), d_projected).view(n, c_in, h, w)
         if ctx.needs_input_grad[1]:
             d_weight = _summed_outer(d_projected, x.flatten(2))
-        return (d_x, d_weight, *d_tables, d_bias, d_logit_scale,
+        return (d_x, d_weight, d_row_table, d_col_table, d_bias, d_logit_scale,
                 None, None, None, None, None, None, None)
-
-
-def _relative_grads(d_q: Tensor, q_used: Tensor, table: Tensor, d_row: Tensor, d_col: Tensor,
-                    ctx):
-    """Adds the relative logits' share to d_q (in place) and returns the row and column tables'
-    gradients (None where not needed), the diagonal blocks of the block table's."""
-    n, heads, d, h, w = q_used.shape
-    d_logits = torch.cat((_planar(d_row), _planar(d_col)), dim=2).view(n * heads, -1, h * w)
-    expanded = _per_image(table, n * heads)
-    d_q.view(n * heads, d, h * w).add_(torch.bmm(expanded.transpose(1, 2), d_logits))
-    if not (ctx.needs_input_grad[2] or ctx.needs_input_grad[3]):
-        return None, None
-    d_table = torch.bmm(d_logits, q_used.view(n * heads, d, h * w).transpose(1, 2))
-    d_table = d_table.sum(0) if table.dim() == 2 else d_table.view(-1, *table.shape).sum(0)
-    k, half = table.shape[-2] // 2, d // 2
-    return d_table[..., :k, :half], d_table[..., k:, half:]
 
 
 def _cosine_grads(d_q_used: Tensor, d_k_used: Tensor, projected: Tensor,

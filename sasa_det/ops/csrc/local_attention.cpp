@@ -4,6 +4,9 @@
 // head n and window offset o = (u, w), with neighbour (a, x) = (s*i + u - r, s*j + w - r):
 //     logit = q_ij . k_ax [if k] + row_logits[u] + col_logits[w] + bias[n, u, w]
 //     y_ij  = sum_o softmax_o(logit) v_ax
+// The row and column logits are given tensors, or are made from relative tables while the
+// logits are: row_logits[u] = q_ij[:h] . row_table[n, u], col_logits[w] = q_ij[h:] .
+// col_table[n, w] (h = d/2), with the tables' gradients from the backward.
 // 'mask' excludes out-of-image neighbours from the softmax; 'zeros' keeps them as zero keys/values.
 //
 // Types. Inputs and outputs are float64, float32, float16 or bfloat16 (the IO type O); all
@@ -20,18 +23,19 @@
 // neighbours x = s*j + w - r of consecutive queries j are consecutive columns of one phase (for
 // s = 1 this is one phase with key x at column r + x). Vectorising over queries (not over d)
 // keeps all lanes busy for the small head dims of early stages (d = 8) and needs no horizontal
-// sums (but for the position-bias gradient, one per query row and offset). Columns j >= Wo up
+// sums (but for the gradients of the position bias and the tables, one per plane and entry,
+// summed over images in a fixed order). Columns j >= Wo up
 // to Wv (Wo rounded up to the vector width) are computed and ignored; pads are zero, which is
 // exactly 'zeros' padding, and 'mask' sets out-of-image logits to -inf.
 //
 // Memory. Forward saves only the attention weights (B, heads, Ho, k*k, S) for backward, never a
-// per-query k*k*d copy of keys or values; without a backward to come (save_attn false) each
-// row's weights live in the thread's scratch instead. Backward runs plane by plane (one head of
-// one image), all gathers (no atomics): per query row, dL (the logit gradient), d_q, the
-// row/column logit gradients and the row's sums of dL for the position-bias gradient; per key
-// row and phase, as soon as its last query row is done, d_k and d_v from the queries whose window
-// holds the key.
-// dL lives only in a ring of the last k query rows, never in a full-size tensor.
+// per-query k*k*d copy of keys or values: each row's weights are made in the thread's scratch
+// and, with a backward to come (save_attn), streamed from there to the saved tensor. Backward
+// runs plane by plane (one head of one image), all gathers (no atomics): per query row, dL (the
+// logit gradient), d_q, the row/column logit gradients and the plane's sums for the gradients of
+// the position bias and the tables; per key row and phase, as soon as its last query row is
+// done, d_k and d_v from the queries whose window holds the key. dL lives only in a ring of the
+// last k query rows, never in a full-size tensor.
 #include <torch/extension.h>
 
 #include <ATen/OpMathType.h>
@@ -46,7 +50,9 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__SSE2__)
+#if defined(__AVX__)
+#include <immintrin.h>
+#elif defined(__SSE2__)
 #include <xmmintrin.h>
 #endif
 
@@ -253,6 +259,9 @@ void parallel_with_scratch(int64_t count, int64_t grain, int64_t scratch_size, c
     const FlushDenormals flush;
     std::vector<T> scratch(scratch_size);
     for (int64_t t = begin; t < end; ++t) f(t, scratch.data());
+#if defined(__SSE2__)
+    _mm_sfence();  // non-temporal stores (stream_copy) are done before the caller reads them
+#endif
   });
 }
 
@@ -335,6 +344,12 @@ at::Tensor pack_rel(const std::optional<at::Tensor>& x, const Geometry& g) {
 template <typename T>
 const T* data_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<T>() : nullptr; }
 
+// A relative table (heads, k, h) as a contiguous tensor of T; undefined if absent.
+template <typename T>
+at::Tensor table_in(const std::optional<at::Tensor>& table, const at::TensorOptions& opts) {
+  return table ? table->to(opts).contiguous() : at::Tensor();
+}
+
 // Outputs and input gradients are written in planar memory, (B, heads, m, rows, cols), and
 // returned as (B, rows, cols, heads, m) views: each image row of each channel is one contiguous
 // run, and the SASA layer reads the output as a contiguous (B, C, rows, cols) tensor.
@@ -358,17 +373,22 @@ inline void unpack_row(O* out, const T* acc, const Geometry& g, const RowTask& t
   }
 }
 
-// Zero vectors over the pads [0, P) and [P + Wv, S) of the k*k rows of a saved (KK, S) row of
-// attention weights, before its columns [P, P + Wv) are written (which overwrite any overlap), so
-// that gathers over query columns read zeros there. Whole-vector stores rather than a fill per
-// pad, which the compiler turns into two memset calls per offset.
+// dst[0, n) = src[0, n) for n a multiple of the vector width and dst aligned to 32 bytes, with
+// non-temporal stores where the CPU has AVX: the saved attention weights go to memory without
+// first being read into cache (which doubled the forward's memory traffic), and without evicting
+// the inputs. parallel_with_scratch fences them before its threads finish.
 template <typename T>
-inline void zero_pads(T* saved_row, const Geometry& g) {
+inline void stream_copy(T* dst, const T* src, int64_t n) {
   constexpr int64_t L = kLanes<T>;
-  for (int64_t o = 0; o < g.KK; ++o) {
-    T* row = saved_row + o * g.S;
-    for (int64_t j = 0; j < g.P; j += L) store(row + j, splat(T(0)));
-    for (int64_t j = g.S - L; j + L > g.P + g.Wv; j -= L) store(row + j, splat(T(0)));
+  for (int64_t i = 0; i < n; i += L) {
+#if defined(__AVX__)
+    if constexpr (std::is_same_v<T, float>)
+      _mm256_stream_ps(dst + i, _mm256_loadu_ps(src + i));
+    else
+      _mm256_stream_pd(dst + i, _mm256_loadu_pd(src + i));
+#else
+    store(dst + i, load(src + i));
+#endif
   }
 }
 
@@ -482,13 +502,12 @@ inline void key_gather(T* acc, const SavedRow& saved_row, const T* X, const Geom
 }
 
 // Softmax over the k*k offsets of every query: logit (KK, Wv), each query's maximum in max
-// (Wv) -> saved row a_row (KK, S), whose columns past Wo (queries that do not exist) and pads hold
-// zeros; logit is left holding the exps. Blocks of column vectors keep their maxima and sums in
-// registers, and their exps are independent of one another.
+// (Wv) -> columns [P, P + Wv) of the row a_row (KK, S), zero past Wo (queries that do not exist);
+// its pads are the caller's to keep zero. logit is left holding the exps. Blocks of column
+// vectors keep their maxima and sums in registers, and their exps are independent of one another.
 template <typename T>
 inline void softmax_row(T* a_row, T* logit, const T* max, const Geometry& g) {
   constexpr int64_t L = kLanes<T>;
-  zero_pads(a_row, g);
   for_column_blocks<T, 1>(g.Wv, [&](int64_t c, auto nc) {
     constexpr int NC = decltype(nc)::value;
     Vec<T> m[NC], sum[NC];
@@ -514,24 +533,35 @@ inline void softmax_row(T* a_row, T* logit, const T* max, const Geometry& g) {
 
 // Softmax backward for one query row: dL = A (dA - sum_o A dA), A read from column P of the saved
 // row, dA (KK, Wv); dL goes to columns [P, P + Wv) of the row dl_row (KK, S), whose pads the
-// caller keeps zero. dL is zero past Wo, where A is. `dot` is scratch for Wv values.
+// caller keeps zero. dL is zero past Wo, where A is. Blocks of column vectors keep their sums
+// in registers (a sum kept in memory made each offset wait for the previous one's store).
 template <typename T>
-inline void softmax_backward(T* dl_row, const T* a, const T* d_attn, T* dot, const Geometry& g) {
+inline void softmax_backward(T* dl_row, const T* a, const T* d_attn, const Geometry& g) {
   constexpr int64_t L = kLanes<T>;
-  for (int64_t c = 0; c < g.Wv; c += L) store(dot + c, splat(T(0)));
-  for (int64_t o = 0; o < g.KK; ++o)
-    for (int64_t c = 0; c < g.Wv; c += L)
-      store(dot + c, load(dot + c) + load(a + o * g.S + c) * load(d_attn + o * g.Wv + c));
-  for (int64_t o = 0; o < g.KK; ++o)
-    for (int64_t c = 0; c < g.Wv; c += L)
-      store(dl_row + o * g.S + g.P + c,
-            load(a + o * g.S + c) * (load(d_attn + o * g.Wv + c) - load(dot + c)));
+  for_column_blocks<T, 1>(g.Wv, [&](int64_t c, auto nc) {
+    constexpr int NC = decltype(nc)::value;
+    Vec<T> dot[NC];
+    for (int j = 0; j < NC; ++j) dot[j] = splat(T(0));
+    for (int64_t o = 0; o < g.KK; ++o)
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j)
+        dot[j] += load(a + o * g.S + c + j * L) * load(d_attn + o * g.Wv + c + j * L);
+    for (int64_t o = 0; o < g.KK; ++o)
+#pragma GCC unroll 4
+      for (int j = 0; j < NC; ++j) {
+        const int64_t x = c + j * L;
+        store(dl_row + o * g.S + g.P + x,
+              load(a + o * g.S + x) * (load(d_attn + o * g.Wv + x) - dot[j]));
+      }
+  });
 }
 
-// d_row[u] = sum_w dL[u*k + w], d_col[w] = sum_u dL[u*k + w] for query row t (either may be
-// null), dL read from column P of its saved row; outputs planar (B, heads, k, Ho, Wo).
+// The row and column logit gradients of query row t, sums[u] = sum_w dL[u*k + w] and
+// sums[k + w] = sum_u dL[u*k + w] (2k, Wv), dL read from column P of its saved row; copied to
+// the planar (B, heads, k, Ho, Wo) outputs d_row and d_col where they are given.
 template <typename T>
-inline void relative_grads(T* d_row, T* d_col, const T* dl, const Geometry& g, const RowTask& t) {
+inline void relative_grads(T* sums, T* d_row, T* d_col, const T* dl, const Geometry& g,
+                           const RowTask& t) {
   constexpr int64_t L = kLanes<T>;
   auto put = [&](T* out, int64_t x, int64_t c, Vec<T> value) {
     T* o = out + ((t.bn * g.k + x) * g.Ho + t.i) * g.Wo + c;
@@ -541,29 +571,107 @@ inline void relative_grads(T* d_row, T* d_col, const T* dl, const Geometry& g, c
       for (int64_t l = 0; l < g.Wo - c; ++l) o[l] = value[l];
   };
   for (int64_t x = 0; x < g.k; ++x) {
-    for (int64_t c = 0; c < g.Wo; c += L) {
+    for (int64_t c = 0; c < g.Wv; c += L) {
       Vec<T> sr = splat(T(0)), sc = splat(T(0));
       for (int64_t y = 0; y < g.k; ++y) {
         sr += load(dl + (x * g.k + y) * g.S + c);
         sc += load(dl + (y * g.k + x) * g.S + c);
       }
+      store(sums + x * g.Wv + c, sr);
+      store(sums + (g.k + x) * g.Wv + c, sc);
+      if (c >= g.Wo) continue;
       if (d_row) put(d_row, x, c, sr);
       if (d_col) put(d_col, x, c, sc);
     }
   }
 }
 
-// d_bias_row[o] = sum of dL[o] over the queries of one row, dL read from column P of its saved
-// row (pads and columns past Wo hold zeros): one (b, n, i) row of the position-bias gradient.
+// The relative tables of a call that makes its row and column logits itself, (heads, k, h) each
+// in T, contiguous: the row table meets channels [0, h) of a head's q, the column table channels
+// [h, 2h), h = D / 2. Empty (false) where the call is given the logits instead.
 template <typename T>
-inline void bias_grads(T* d_bias_row, const T* dl, const Geometry& g) {
+struct RelativeTables {
+  const T *row = nullptr, *col = nullptr;
+  int64_t h = 0;
+  explicit operator bool() const { return row != nullptr; }
+  // Head n's table (k, h) of half 0 (rows) or 1 (columns).
+  const T* of(int half, int64_t n, int64_t k) const { return (half ? col : row) + n * k * h; }
+};
+
+// The tables of contiguous tensors row and col (both undefined, or both (heads, k, D / 2)).
+template <typename T>
+RelativeTables<T> relative_tables(const at::Tensor& row, const at::Tensor& col,
+                                  const Geometry& g) {
+  TORCH_CHECK(row.defined() == col.defined(), "row_table and col_table come together");
+  if (!row.defined()) return {};
+  const std::vector<int64_t> shape{g.heads, g.k, g.D / 2};
+  TORCH_CHECK(g.D % 2 == 0 && row.sizes() == shape && col.sizes() == shape,
+              "relative tables must be (heads, k, head_dim / 2) for an even head_dim; got ",
+              row.sizes(), " and ", col.sizes(), " for ", g.heads, " heads, k ", g.k,
+              ", head_dim ", g.D);
+  return {row.data_ptr<T>(), col.data_ptr<T>(), g.D / 2};
+}
+
+// rel[half * k + u][c] = q_c[half * h + e] . table_half[n][u][e] summed over e < h: the row
+// (half 0) and column (half 1) logits (2k, Wv) of query row t from the tables, q_row the packed
+// query row read from column P.
+template <typename T>
+inline void table_logits(T* rel, const T* q_row, const RelativeTables<T>& tables,
+                         const Geometry& g, const RowTask& t) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t h = tables.h;
+  for (int half = 0; half < 2; ++half) {
+    const T* table = tables.of(half, t.n, g.k);
+    const T* x = q_row + half * h * g.S;
+    for (int64_t u = 0; u < g.k; ++u)
+      for (int64_t c = 0; c < g.Wv; c += L) {
+        Vec<T> s = splat(T(0));
+        for (int64_t e = 0; e < h; ++e) s += table[u * h + e] * load(x + e * g.S + c);
+        store(rel + (half * g.k + u) * g.Wv + c, s);
+      }
+  }
+}
+
+// The tables' share of the backward for query row t, from its row and column logit gradients
+// sums (2k, Wv, of relative_grads) and its packed query row q_row (read from column P): d_q's
+// accumulator acc (D, Wv) gains sum_u sums[half * k + u] table_half[n][u][e] in channel
+// half * h + e, and the vectors table_acc[(half * k + u) * h + e] (L lanes each, added up per
+// plane) gain sums[half * k + u] q[half * h + e].
+template <typename T>
+inline void table_grads(T* acc, T* table_acc, const T* sums, const T* q_row,
+                        const RelativeTables<T>& tables, const Geometry& g, const RowTask& t) {
+  constexpr int64_t L = kLanes<T>;
+  const int64_t h = tables.h;
+  for (int half = 0; half < 2; ++half) {
+    const T* table = tables.of(half, t.n, g.k);
+    for (int64_t e = 0; e < h; ++e) {
+      T* a = acc + (half * h + e) * g.Wv;
+      const T* x = q_row + (half * h + e) * g.S;
+      for (int64_t c = 0; c < g.Wv; c += L) {
+        Vec<T> s = load(a + c);
+        const Vec<T> q = load(x + c);
+        for (int64_t u = 0; u < g.k; ++u) {
+          const Vec<T> d_logit = load(sums + (half * g.k + u) * g.Wv + c);
+          s += table[u * h + e] * d_logit;
+          T* entry = table_acc + ((half * g.k + u) * h + e) * L;
+          store(entry, load(entry) + d_logit * q);
+        }
+        store(a + c, s);
+      }
+    }
+  }
+}
+
+// The position bias's share of the backward for one query row: the vectors bias_acc[o] (L lanes
+// each, added up per plane) gain dL[o] of the row's queries, dL read from column P of its saved
+// row (pads and columns past Wo hold zeros).
+template <typename T>
+inline void bias_grads(T* bias_acc, const T* dl, const Geometry& g) {
   constexpr int64_t L = kLanes<T>;
   for (int64_t o = 0; o < g.KK; ++o) {
-    Vec<T> s = splat(T(0));
+    Vec<T> s = load(bias_acc + o * L);
     for (int64_t c = 0; c < g.Wv; c += L) s += load(dl + o * g.S + c);
-    T total = 0;
-    for (int64_t l = 0; l < L; ++l) total += s[l];
-    d_bias_row[o] = total;
+    store(bias_acc + o * L, s);
   }
 }
 
@@ -642,6 +750,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
                                      const at::Tensor& v,
                                      const std::optional<at::Tensor>& row_logits,
                                      const std::optional<at::Tensor>& col_logits,
+                                     const std::optional<at::Tensor>& row_table,
+                                     const std::optional<at::Tensor>& col_table,
                                      const std::optional<at::Tensor>& position_bias,
                                      int64_t kernel_size, int64_t stride, bool mask,
                                      bool save_attn) {
@@ -650,6 +760,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
   const at::Tensor Q = pack_queries<T>(q, g), V = pack_keys<T>(v, g);
   const at::Tensor K = k ? pack_keys<T>(*k, g) : at::Tensor();
   const at::Tensor R = pack_rel<T>(row_logits, g), C = pack_rel<T>(col_logits, g);
+  const at::Tensor row_t = table_in<T>(row_table, opts), col_t = table_in<T>(col_table, opts);
+  const RelativeTables<T> tables = relative_tables<T>(row_t, col_t, g);
   const at::Tensor zeros = at::zeros({g.Wv}, opts);
   const at::Tensor bias = position_bias ? position_bias->to(opts).contiguous()
                                         : at::zeros({g.heads, g.k, g.k}, opts);
@@ -661,24 +773,30 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
   const T* Bp = bias.data_ptr<T>();
   O* outp = out.data_ptr<O>();
   T* attnp = save_attn ? attn.data_ptr<T>() : nullptr;
-  const int64_t row_scratch = (g.KK + g.D + 1) * g.Wv;
+  const int64_t row_scratch = (g.KK + g.D + 1 + 2 * g.k) * g.Wv;
   const std::vector<T> col_mask = mask ? column_mask<T>(g) : std::vector<T>();
 
-  for_each_row<T>(g, g.Ho, row_scratch + (save_attn ? 0 : g.attn_row()),
+  for_each_row<T>(g, g.Ho, row_scratch + g.attn_row(),
                   [&](const RowTask& t, T* scratch) {
-    T *logit = scratch, *acc = logit + g.KK * g.Wv, *max = acc + g.D * g.Wv;
-    const int64_t rel = t.index * g.k * g.Wv;
-    const PositionalLogits<T> positional{Rp ? Rp + rel : zp, Cp ? Cp + rel : zp,
-                                         Bp + t.n * g.KK, mask ? col_mask.data() : nullptr,
-                                         Rp ? g.Wv : 0, Cp ? g.Wv : 0, g.Wv};
+    T *logit = scratch, *acc = logit + g.KK * g.Wv, *max = acc + g.D * g.Wv, *rel = max + g.Wv;
+    const T* q_row = Qp + g.query_row(t.bn, t.i) + g.P;
+    const T *row = Rp ? Rp + t.index * g.k * g.Wv : zp, *col = Cp ? Cp + t.index * g.k * g.Wv : zp;
+    if (tables) {
+      table_logits(rel, q_row, tables, g, t);
+      row = rel, col = rel + g.k * g.Wv;
+    }
+    const bool rows = Rp || tables, cols = Cp || tables;
+    const PositionalLogits<T> positional{row, col, Bp + t.n * g.KK,
+                                         mask ? col_mask.data() : nullptr, rows ? g.Wv : 0,
+                                         cols ? g.Wv : 0, g.Wv};
     with_window_size(g.k, [&](auto window) {
-      logit_row<T, decltype(window)::value>(logit, max, Qp + g.query_row(t.bn, t.i) + g.P, Kp,
-                                            positional, mask, g, t);
+      logit_row<T, decltype(window)::value>(logit, max, q_row, Kp, positional, mask, g, t);
     });
-    T* a_row = save_attn ? attnp + t.index * g.attn_row() : scratch + row_scratch;
+    T* a_row = scratch + row_scratch;
     softmax_row(a_row, logit, max, g);
     window_sum(acc, a_row + g.P, Vp, g, t);
     unpack_row(outp, acc, g, t, g.Ho, g.Wo);
+    if (save_attn) stream_copy(attnp + t.index * g.attn_row(), a_row, g.attn_row());
   });
   return {out, attn};
 }
@@ -687,25 +805,35 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
 template <typename T, typename O>
 struct BackwardData {
   const T *G, *V, *Q, *K, *attn;
-  T *d_row, *d_col, *d_bias_rows;
+  RelativeTables<T> tables;
+  T *d_row, *d_col, *d_bias_planes, *d_table_planes;
   O *d_q, *d_k, *d_v;
 };
 
+// Scratch of query_row_grads, in values of T: dA (KK, Wv), d_q's accumulator (D, Wv), the row
+// and column logit gradients (2k, Wv).
+inline int64_t query_scratch(const Geometry& g) { return (g.KK + g.D + 2 * g.k) * g.Wv; }
+
 // The query side of query row t: dA_o = g . v_o, dL = A (dA - sum_o A dA) into dl_row (a (KK, S)
 // row), the row and column logit gradients, the row's position-bias gradient, and
-// d_q = sum_o dL_o k_o. `scratch` holds (KK + D + 1) * Wv values.
+// d_q = sum_o dL_o k_o (+ the tables' share). The tables' and the bias's gradients go to the
+// plane's accumulators (table_grads, bias_grads).
 template <typename T, typename O>
 void query_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTask& t,
-                     T* dl_row, T* scratch) {
-  T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *dot = acc + g.D * g.Wv;
+                     T* dl_row, T* scratch, T* table_acc, T* bias_acc) {
+  T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *sums = acc + g.D * g.Wv;
   offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t);
-  softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, dot, g);
-  relative_grads(p.d_row, p.d_col, dl_row + g.P, g, t);
-  if (p.d_bias_rows) bias_grads(p.d_bias_rows + t.index * g.KK, dl_row + g.P, g);
-  if (p.K) {
+  softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, g);
+  relative_grads(sums, p.d_row, p.d_col, dl_row + g.P, g, t);
+  if (p.d_bias_planes) bias_grads(bias_acc, dl_row + g.P, g);
+  if (!p.d_q) return;
+  if (p.K)
     window_sum(acc, dl_row + g.P, p.K, g, t);
-    unpack_row(p.d_q, acc, g, t, g.Ho, g.Wo);
-  }
+  else
+    std::fill(acc, acc + g.D * g.Wv, T(0));
+  if (p.tables)
+    table_grads(acc, table_acc, sums, p.Q + g.query_row(t.bn, t.i) + g.P, p.tables, g, t);
+  unpack_row(p.d_q, acc, g, t, g.Ho, g.Wo);
 }
 
 // The key side of key row t, each column phase: d_v = sum A g and d_k = sum dL q over the
@@ -717,7 +845,7 @@ void key_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTask
   for (int64_t phase = 0; phase < std::min(g.s, g.W); ++phase) {
     key_gather(acc, attn_row, p.G, g, t, phase);
     unpack_row(p.d_v, acc, g, t, g.H, g.W, g.s, phase);
-    if (p.Q) {
+    if (p.K) {
       key_gather(acc, dl_row, p.Q, g, t, phase);
       unpack_row(p.d_k, acc, g, t, g.H, g.W, g.s, phase);
     }
@@ -731,18 +859,34 @@ void key_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTask
 // are gathered (no atomics), so the result does not depend on the thread count.
 template <typename T, typename O>
 void backward_planes(const BackwardData<T, O>& p, const Geometry& g) {
-  const int64_t row_scratch = (g.KK + g.D + 1) * g.Wv;
+  constexpr int64_t L = kLanes<T>;
+  const int64_t row_scratch = query_scratch(g), ring_size = g.k * g.attn_row();
+  // The plane's sums: both tables of its head, and the position bias.
+  const int64_t table_entries = 2 * g.k * p.tables.h, bias_entries = p.d_bias_planes ? g.KK : 0;
+  const int64_t entries = table_entries + bias_entries;
   // A key row needs at most floor(2r / s) + 1 <= k consecutive query rows. The ring's pads
   // stay zero: the scratch starts zeroed and dL is written to columns [P, P + Wv) only.
-  for_each_plane<T>(g, row_scratch + g.k * g.attn_row(), [&](int64_t bn, T* scratch) {
-    T* ring = scratch + row_scratch;
+  for_each_plane<T>(g, row_scratch + ring_size + entries * L, [&](int64_t bn, T* scratch) {
+    T *ring = scratch + row_scratch, *table_acc = ring + ring_size;
+    T* bias_acc = table_acc + table_entries * L;
+    std::fill(table_acc, table_acc + entries * L, T(0));
     const auto dl_row = [&](int64_t i) { return ring + i % g.k * g.attn_row(); };
     int64_t next_key = 0;  // the first key row not yet gathered
     for (int64_t i = 0; i < g.Ho; ++i) {
-      query_row_grads(p, g, RowTask(bn * g.Ho + i, g.Ho, g.heads), dl_row(i), scratch);
+      query_row_grads(p, g, RowTask(bn * g.Ho + i, g.Ho, g.heads), dl_row(i), scratch,
+                      table_acc, bias_acc);
       const int64_t done = i + 1 == g.Ho ? g.H : std::min(g.H, g.s * (i + 1) - g.r);
       for (; next_key < done; ++next_key)
         key_row_grads(p, g, RowTask(bn * g.H + next_key, g.H, g.heads), dl_row, scratch);
+    }
+    // Each sum's lanes added up in order.
+    for (int64_t entry = 0; entry < entries; ++entry) {
+      T total = 0;
+      for (int64_t l = 0; l < L; ++l) total += table_acc[entry * L + l];
+      if (entry < table_entries)
+        p.d_table_planes[bn * table_entries + entry] = total;
+      else
+        p.d_bias_planes[bn * bias_entries + entry - table_entries] = total;
     }
   });
 }
@@ -750,36 +894,49 @@ void backward_planes(const BackwardData<T, O>& p, const Geometry& g) {
 template <typename T, typename O>
 std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tensor& q,
                                       const std::optional<at::Tensor>& k, const at::Tensor& v,
-                                      const at::Tensor& attn, int64_t kernel_size, int64_t stride,
-                                      bool has_row, bool has_col, bool has_bias) {
+                                      const at::Tensor& attn,
+                                      const std::optional<at::Tensor>& row_table,
+                                      const std::optional<at::Tensor>& col_table,
+                                      int64_t kernel_size, int64_t stride, bool has_row,
+                                      bool has_col, bool has_bias) {
   const Geometry g(q, v, kernel_size, stride, kLanes<T>);
   const auto opts = attn.options();
+  const at::Tensor row_t = table_in<T>(row_table, opts), col_t = table_in<T>(col_table, opts);
+  const RelativeTables<T> tables = relative_tables<T>(row_t, col_t, g);
   const at::Tensor G = pack_queries<T>(grad_out, g), V = pack_keys<T>(v, g);
-  const at::Tensor Q = k ? pack_queries<T>(q, g) : at::Tensor();
+  const at::Tensor Q = k || tables ? pack_queries<T>(q, g) : at::Tensor();
   const at::Tensor K = k ? pack_keys<T>(*k, g) : at::Tensor();
   auto grad = [&](bool present, const at::Tensor& like) {
     return present ? planar_empty(g.B, like.size(1), like.size(2), g.heads, g.D, q.options())
                    : at::Tensor();
   };
-  at::Tensor d_q = grad(k.has_value(), q), d_k = grad(k.has_value(), v), d_v = grad(true, v);
+  const bool has_q = k || tables;
+  at::Tensor d_q = grad(has_q, q), d_k = grad(k.has_value(), v), d_v = grad(true, v);
   // Row/column logit gradients are in T (the caller converts them).
   auto rel_grad = [&](bool present) {
     return present ? planar_empty(g.B, g.Ho, g.Wo, g.heads, g.k, opts) : at::Tensor();
   };
   at::Tensor d_row = rel_grad(has_row), d_col = rel_grad(has_col);
-  // Per (b, n, i) sums of dL, added up over images and rows below (a fixed order: repeatable).
-  at::Tensor d_bias_rows = has_bias ? at::empty({g.B, g.heads, g.Ho, g.KK}, opts) : at::Tensor();
+  // Per plane gradients of the bias and of both tables, added up over images below (a fixed
+  // order: repeatable).
+  at::Tensor d_bias_planes = has_bias ? at::empty({g.B, g.heads, g.KK}, opts) : at::Tensor();
+  at::Tensor d_table_planes = at::empty({g.B, g.heads, 2, g.k, tables.h}, opts);
   const BackwardData<T, O> p{G.data_ptr<T>(), V.data_ptr<T>(), data_or_null<T>(Q),
-                             data_or_null<T>(K), attn.data_ptr<T>(),
+                             data_or_null<T>(K), attn.data_ptr<T>(), tables,
                              has_row ? d_row.data_ptr<T>() : nullptr,
                              has_col ? d_col.data_ptr<T>() : nullptr,
-                             has_bias ? d_bias_rows.data_ptr<T>() : nullptr,
-                             k ? d_q.data_ptr<O>() : nullptr, k ? d_k.data_ptr<O>() : nullptr,
+                             has_bias ? d_bias_planes.data_ptr<T>() : nullptr,
+                             d_table_planes.data_ptr<T>(),
+                             has_q ? d_q.data_ptr<O>() : nullptr, k ? d_k.data_ptr<O>() : nullptr,
                              d_v.data_ptr<O>()};
   backward_planes(p, g);
-  at::Tensor d_bias;
-  if (has_bias) d_bias = d_bias_rows.sum({0, 2}).view({g.heads, g.k, g.k});
-  return {d_q, d_k, d_v, d_row, d_col, d_bias};
+  at::Tensor d_bias, d_row_table, d_col_table;
+  if (has_bias) d_bias = d_bias_planes.sum(0).view({g.heads, g.k, g.k});
+  if (tables) {
+    const at::Tensor d_tables = d_table_planes.sum(0);  // (heads, 2, k, h)
+    d_row_table = d_tables.select(1, 0), d_col_table = d_tables.select(1, 1);
+  }
+  return {d_q, d_k, d_v, d_row, d_col, d_bias, d_row_table, d_col_table};
 }
 
 void check_inputs(const at::Tensor& q, const std::optional<at::Tensor>& k, const at::Tensor& v,
@@ -803,22 +960,29 @@ std::vector<at::Tensor> local_attention_forward(const at::Tensor& q,
                                                 const at::Tensor& v,
                                                 const std::optional<at::Tensor>& row_logits,
                                                 const std::optional<at::Tensor>& col_logits,
+                                                const std::optional<at::Tensor>& row_table,
+                                                const std::optional<at::Tensor>& col_table,
                                                 const std::optional<at::Tensor>& position_bias,
                                                 int64_t kernel_size, int64_t stride, bool mask,
                                                 bool save_attn) {
   check_inputs(q, k, v, kernel_size, stride);
+  TORCH_CHECK(!(row_table && (row_logits || col_logits)),
+              "give the row and column logits or their tables, not both");
   TORCH_CHECK(!position_bias || position_bias->numel() == q.size(3) * kernel_size * kernel_size,
               "position_bias must be (heads, k, k)");
   return AT_DISPATCH_FLOATING_TYPES_AND2(
       at::kBFloat16, at::kHalf, q.scalar_type(), "sasa_local_attention_forward", [&] {
         return forward_impl<at::opmath_type<scalar_t>, scalar_t>(
-            q, k, v, row_logits, col_logits, position_bias, kernel_size, stride, mask, save_attn);
+            q, k, v, row_logits, col_logits, row_table, col_table, position_bias, kernel_size,
+            stride, mask, save_attn);
       });
 }
 
 std::vector<at::Tensor> local_attention_backward(const at::Tensor& grad_out, const at::Tensor& q,
                                                  const std::optional<at::Tensor>& k,
                                                  const at::Tensor& v, const at::Tensor& attn,
+                                                 const std::optional<at::Tensor>& row_table,
+                                                 const std::optional<at::Tensor>& col_table,
                                                  int64_t kernel_size, int64_t stride,
                                                  bool has_row, bool has_col, bool has_bias) {
   check_inputs(q, k, v, kernel_size, stride);
@@ -828,16 +992,18 @@ std::vector<at::Tensor> local_attention_backward(const at::Tensor& grad_out, con
         TORCH_CHECK(attn.scalar_type() == c10::CppTypeToScalarType<T>::value &&
                         attn.is_contiguous(),
                     "attn must be the contiguous weights saved by forward");
-        return backward_impl<T, scalar_t>(grad_out, q, k, v, attn, kernel_size, stride, has_row,
-                                          has_col, has_bias);
+        return backward_impl<T, scalar_t>(grad_out, q, k, v, attn, row_table, col_table,
+                                          kernel_size, stride, has_row, has_col, has_bias);
       });
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &local_attention_forward,
-        "local attention forward -> (out (B,Ho,Wo,heads,d), attn (B,heads,Ho,k*k,S) if save_attn "
-        "else None)");
+        "local attention forward (q, k, v, row_logits, col_logits, row_table, col_table, "
+        "position_bias, kernel_size, stride, mask, save_attn) -> (out (B,Ho,Wo,heads,d), attn "
+        "(B,heads,Ho,k*k,S) if save_attn else None)");
   m.def("backward", &local_attention_backward,
-        "local attention backward -> (d_q, d_k, d_v, d_row_logits, d_col_logits, "
-        "d_position_bias)");
+        "local attention backward (grad_out, q, k, v, attn, row_table, col_table, kernel_size, "
+        "stride, has_row, has_col, has_bias) -> (d_q, d_k, d_v, d_row_logits, d_col_logits, "
+        "d_position_bias, d_row_table, d_col_table)");
 }
