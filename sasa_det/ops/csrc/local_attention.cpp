@@ -785,10 +785,9 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& q, const std::optional<at
       table_logits(rel, q_row, tables, g, t);
       row = rel, col = rel + g.k * g.Wv;
     }
-    const bool rows = Rp || tables, cols = Cp || tables;
     const PositionalLogits<T> positional{row, col, Bp + t.n * g.KK,
-                                         mask ? col_mask.data() : nullptr, rows ? g.Wv : 0,
-                                         cols ? g.Wv : 0, g.Wv};
+                                         mask ? col_mask.data() : nullptr, row == zp ? 0 : g.Wv,
+                                         col == zp ? 0 : g.Wv, g.Wv};
     with_window_size(g.k, [&](auto window) {
       logit_row<T, decltype(window)::value>(logit, max, q_row, Kp, positional, mask, g, t);
     });
@@ -824,7 +823,7 @@ void query_row_grads(const BackwardData<T, O>& p, const Geometry& g, const RowTa
   T *d_attn = scratch, *acc = d_attn + g.KK * g.Wv, *sums = acc + g.D * g.Wv;
   offset_dots(d_attn, p.G + g.query_row(t.bn, t.i) + g.P, p.V, g, t);
   softmax_backward(dl_row, p.attn + t.index * g.attn_row() + g.P, d_attn, g);
-  relative_grads(sums, p.d_row, p.d_col, dl_row + g.P, g, t);
+  if (p.d_row || p.d_col || p.tables) relative_grads(sums, p.d_row, p.d_col, dl_row + g.P, g, t);
   if (p.d_bias_planes) bias_grads(bias_acc, dl_row + g.P, g);
   if (!p.d_q) return;
   if (p.K)
@@ -904,13 +903,13 @@ std::vector<at::Tensor> backward_impl(const at::Tensor& grad_out, const at::Tens
   const at::Tensor row_t = table_in<T>(row_table, opts), col_t = table_in<T>(col_table, opts);
   const RelativeTables<T> tables = relative_tables<T>(row_t, col_t, g);
   const at::Tensor G = pack_queries<T>(grad_out, g), V = pack_keys<T>(v, g);
-  const at::Tensor Q = k || tables ? pack_queries<T>(q, g) : at::Tensor();
+  const bool has_q = k || tables;  // d_q: from the keys, the tables or both
+  const at::Tensor Q = has_q ? pack_queries<T>(q, g) : at::Tensor();
   const at::Tensor K = k ? pack_keys<T>(*k, g) : at::Tensor();
   auto grad = [&](bool present, const at::Tensor& like) {
     return present ? planar_empty(g.B, like.size(1), like.size(2), g.heads, g.D, q.options())
                    : at::Tensor();
   };
-  const bool has_q = k || tables;
   at::Tensor d_q = grad(has_q, q), d_k = grad(k.has_value(), v), d_v = grad(true, v);
   // Row/column logit gradients are in T (the caller converts them).
   auto rel_grad = [&](bool present) {
