@@ -9,7 +9,7 @@ setup(
     python_requires='>=3.9',
     packages=find_packages(include=['sasa_det', 'sasa_det.*']),
     # The fused CPU kernel is compiled from this source on first use.
-    package_data={'sasa_det.ops': ['csrc/*.cpp']},
+    package_data={'sasa_det.ops': ['csrc/*.cpp', 'csrc/*.h']},
     install_requires=[
         'torch>=2.1',
         'mmengine==0.10.7',

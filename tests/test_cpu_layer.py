@@ -64,6 +64,28 @@ def test_float32_values_and_gradients_equal_the_composed_path(options):
         torch.testing.assert_close(got, want, rtol=2e-5, atol=2e-5)
 
 
+def test_cosine_of_vectors_below_eps_equals_the_reference():
+    """Pixels whose q and k have norms below eps (clamped: dx = f dy there, no radial term) and
+    pixels where they are zero give the reference's values and float64 gradients."""
+    layer = _random_layer(3, similarity='cosine', position_bias=True)
+    reference = copy.deepcopy(layer)
+    reference.implementation = 'reference'
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64)
+    x[:, :, 1:3, 2:4] *= 1e-14  # |q|, |k| ~ 1e-13 < eps = 1e-12
+    x[:, :, 4, :2] = 0
+    grad = torch.randn(2, 16, 5, 6, dtype=torch.float64)
+    for got, want in zip(_values_and_grads(layer, x, grad), _values_and_grads(reference, x, grad)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+
+
+def test_cosine_normalisation_refuses_a_wrong_layout_by_name():
+    projected = torch.randn(2, 3, 4, 2, 6)
+    with pytest.raises(RuntimeError, match='temperature must be contiguous'):
+        cpu_kernel._load().cosine_qk_forward(projected, torch.ones(3), 1e-12)
+    with pytest.raises(RuntimeError, match='contiguous \\(B, 3, heads, d, P\\) projection'):
+        cpu_kernel._load().cosine_qk_forward(projected.transpose(3, 4), torch.ones(4), 1e-12)
+
+
 def test_function_passes_gradcheck_with_every_input():
     """Finite differences of every input (x, weight, both tables, the bias, the logit scale)
     agree with the written-out backward, the temperature's clamp on one head included."""

@@ -1,7 +1,8 @@
 """Fused C++ CPU kernel for local 2D self-attention, built on first use.
 
-The extension (``csrc/local_attention.cpp``) is compiled with ``torch.utils.cpp_extension.load``
-the first time a CPU tensor reaches :func:`sasa_det.ops.local_attention_2d`, and cached in torch's
+The extension (``csrc/local_attention.cpp``, and ``csrc/cosine_qk.cpp`` with the cosine
+similarity's normalisation of q and k for :mod:`sasa_det.ops.cpu_layer`) is compiled with
+``torch.utils.cpp_extension.load`` the first time a CPU tensor reaches :func:`sasa_det.ops.local_attention_2d`, and cached in torch's
 extension directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), so only the
 first use in a fresh environment pays the ~1 minute build. Where no compiler is present or the
 build fails, :func:`is_available` is False, one warning is issued, and the dispatcher falls back to
@@ -26,7 +27,8 @@ from torch import Tensor
 
 from .reference import check_arguments
 
-_SOURCE = Path(__file__).with_name('csrc') / 'local_attention.cpp'
+_SOURCES = [Path(__file__).with_name('csrc') / name
+            for name in ('local_attention.cpp', 'cosine_qk.cpp')]
 _SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 _extension = None
 _build_failed = False
@@ -58,7 +60,8 @@ def _load():
         # -fno-tree-loop-distribute-patterns: the kernel's short zeroing loops (pads of each
         # packed row, of each saved attention row) stay vector stores; GCC otherwise makes them
         # memset calls, one per pad, which cost a third of the forward on 8 x 8 maps.
-        _extension = load(name=f'sasa_det_local_attention_{suffix}', sources=[str(_SOURCE)],
+        _extension = load(name=f'sasa_det_local_attention_{suffix}',
+                          sources=[str(source) for source in _SOURCES],
                           extra_cflags=['-O3', '-std=c++20', '-ffp-contract=fast', '-fopenmp',
                                         '-fno-tree-loop-distribute-patterns', *arch],
                           extra_ldflags=['-fopenmp'], verbose=False)

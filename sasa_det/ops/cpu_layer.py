@@ -4,11 +4,13 @@ The layer composed of PyTorch ops (projection, cosine normalisation, relative lo
 kernel of :mod:`sasa_det.ops.cpu_kernel`) runs about a hundred ops per training step, each with
 autograd's bookkeeping, and on the small maps of an FPN and head (16 x 16 down to 1 x 1) those
 cost more than the attention itself. :func:`sasa_layer_cpu` computes the same values with one
-projection matmul, the normalisation as a few whole-tensor ops, and the kernel, which makes the
+projection matmul, cosine similarity's normalisation of q and k as one C++ pass
+(``csrc/cosine_qk.cpp``; a dozen whole-tensor ops composed), and the kernel, which makes the
 relative logits from q and the tables as it makes the content logits (at head dim 2 the row and
 column logits would be 7 times the size of q); its backward calls the kernel's backward, which
-also returns the tables' gradients, and then the matmuls of the chain rule directly: about half
-the ops, none of them recorded.
+also returns the tables' gradients, the normalisation's backward, which also assembles the
+projection's gradient, and then the matmuls of the chain rule directly: a fraction of the ops,
+none of them recorded.
 
 It covers the layer with content and relative logits at stride-1 queries (the paper's layer and
 the shipped configs'): dot-product or cosine similarity, shared or per-head tables, an optional
@@ -101,15 +103,11 @@ class _SasaLayerCpu(torch.autograd.Function):
         projected = _shared_matmul(weight, x.flatten(2))
         q, k, v = projected.view(n, 3, heads, d, h, w).unbind(1)
         if logit_scale is not None:  # cosine: q and k over their norms, q times exp(scale)
-            temperature = logit_scale.clamp(max=max_logit_scale).exp()
-            qk = projected.view(n, 3, heads, d, h, w)[:, :2].transpose(0, 1)
-            squares = qk.square().sum(3, keepdim=True)
-            inv_norm = squares.clamp_min(eps * eps).rsqrt_()
-            factor = inv_norm.clone()
-            factor[0].mul_(temperature.view(heads, 1, 1, 1))
-            # (2, B, heads, d, H, W) memory, so that q alone is contiguous for its matmuls.
-            q_used, k_used = torch.mul(qk, factor, out=x.new_empty(qk.shape)).unbind(0)
-            ctx.cosine = (inv_norm, factor, squares > eps * eps, temperature)
+            temperature = logit_scale.clamp(max=max_logit_scale).exp().view(heads)
+            q_used, k_used = cpu_kernel._extension.cosine_qk_forward(
+                projected.view(n, 3, heads, d, h * w), temperature, eps).view(
+                    2, n, heads, d, h, w).unbind(0)
+            ctx.cosine = (temperature, eps)
         else:
             q_used = q * scale if scale is not None else q.contiguous()
             k_used, ctx.cosine = k, None
@@ -142,11 +140,18 @@ class _SasaLayerCpu(torch.autograd.Function):
         if ctx.shared_tables:
             d_row_table, d_col_table = d_row_table.sum(0), d_col_table.sum(0)
         d_logit_scale = None
-        if ctx.cosine is not None:
-            d_q, d_k, d_logit_scale = _cosine_grads(d_q, d_k, projected, logit_scale, ctx)
-        elif ctx.scale is not None:
-            d_q = d_q * ctx.scale
-        d_projected = torch.cat([t.reshape(n, -1, h * w) for t in (d_q, d_k, d_v)], dim=1)
+        if ctx.cosine is not None:  # d q and d k through the normalisation, d v with them
+            temperature, eps = ctx.cosine
+            d_projected, d_temperature = cpu_kernel._extension.cosine_qk_backward(
+                d_q, d_k, d_v, projected.view(n, 3, heads, d, h * w), temperature, eps)
+            d_projected = d_projected.view(n, -1, h * w)
+            if ctx.needs_input_grad[5]:  # exp's derivative, zero above the clamp
+                d_logit_scale = (d_temperature * temperature).view_as(logit_scale) * (
+                    logit_scale <= ctx.max_logit_scale)
+        else:
+            if ctx.scale is not None:
+                d_q = d_q * ctx.scale
+            d_projected = torch.cat([t.reshape(n, -1, h * w) for t in (d_q, d_k, d_v)], dim=1)
         d_x = d_weight = None
         if ctx.needs_input_grad[0]:
             d_x = _shared_matmul(weight.t(), d_projected).view(n, c_in, h, w)
@@ -154,27 +159,6 @@ class _SasaLayerCpu(torch.autograd.Function):
             d_weight = _summed_outer(d_projected, x.flatten(2))
         return (d_x, d_weight, d_row_table, d_col_table, d_bias, d_logit_scale,
                 None, None, None, None, None, None, None)
-
-
-def _cosine_grads(d_q_used: Tensor, d_k_used: Tensor, projected: Tensor,
-                  logit_scale: Tensor, ctx):
-    """d q, d k and d logit_scale through y = x f for f = scale / max(|x|, eps): dx = f (dy -
-    x (x . dy) / |x|^2), with dx = f dy where the norm is clamped, and d scale = sum (x . dy) / |x|
-    (times exp(logit_scale) below the clamp of the temperature)."""
-    inv_norm, factor, unclamped, temperature = ctx.cosine
-    n, heads, d, h, w = d_q_used.shape
-    q, k, _ = projected.view(n, 3, heads, d, h, w).unbind(1)
-    grads, dots = [], []
-    for i, (x, dy) in enumerate(((q, d_q_used), (k, d_k_used))):
-        dot = (x * dy).sum(dim=2, keepdim=True)
-        radial = torch.where(unclamped[i], dot * inv_norm[i].square(), 0)
-        grads.append(torch.addcmul(dy, x, radial, value=-1).mul_(factor[i]))
-        dots.append(dot)
-    d_logit_scale = None
-    if ctx.needs_input_grad[5]:
-        d_temperature = (dots[0] * inv_norm[0]).sum((0, 2, 3, 4)).view_as(temperature)
-        d_logit_scale = d_temperature * temperature * (logit_scale <= ctx.max_logit_scale)
-    return grads[0], grads[1], d_logit_scale
 
 
 def sasa_layer_cpu(x: Tensor, weight: Tensor, heads: int, kernel_size: int, rel_row: Tensor,

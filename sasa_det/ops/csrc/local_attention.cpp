@@ -38,6 +38,8 @@
 // last k query rows, never in a full-size tensor.
 #include <torch/extension.h>
 
+#include "cosine_qk.h"
+
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 
@@ -1005,4 +1007,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "local attention backward (grad_out, q, k, v, attn, row_table, col_table, kernel_size, "
         "stride, has_row, has_col, has_bias) -> (d_q, d_k, d_v, d_row_logits, d_col_logits, "
         "d_position_bias, d_row_table, d_col_table)");
+  m.def("cosine_qk_forward", &cosine_qk_forward,
+        "cosine similarity's q and k (projected (B,3,heads,d,P), temperature (heads,), eps) -> "
+        "(2,B,heads,d,P)");
+  m.def("cosine_qk_backward", &cosine_qk_backward,
+        "(d_q_used, d_k_used, d_v, projected, temperature, eps) -> (d_projected (B,3,heads,d,P), "
+        "d_temperature (heads,))");
 }
