@@ -61,3 +61,58 @@ def test_paramwise_cfg_exempts_positional_parameters_and_norms_and_nothing_else(
         assert decay[id(param)] == (0.0 if exempt or name in norms else 0.05), name
     assert exempt_seen == set(EXEMPT)  # every kind of positional parameter was present
     assert any('stem.norm' in n for n in norms) and any('neck' in n for n in norms)
+
+
+def _wrappers(model):
+    from mmengine.registry import init_default_scope
+    from sasa_det.engine import MergedGroupsOptimWrapperConstructor
+    init_default_scope('mmdet')
+    cfg = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05))
+    return (DefaultOptimWrapperConstructor(cfg, PARAMWISE_CFG)(model),
+            MergedGroupsOptimWrapperConstructor(cfg, PARAMWISE_CFG)(model))
+
+
+def _options(wrapper):
+    return {id(p): {k: v for k, v in group.items() if k != 'params'}
+            for group in wrapper.optimizer.param_groups for p in group['params']}
+
+
+def test_merged_groups_give_each_parameter_the_default_constructors_options():
+    model = _detector()
+    default, merged = _wrappers(model)
+    assert _options(merged) == _options(default)
+    options = [{k: v for k, v in g.items() if k != 'params'} for g in merged.optimizer.param_groups]
+    assert all(a != b for i, a in enumerate(options) for b in options[i + 1:])  # one per option set
+    # mmengine's groups here: defaults, norms' weight_decay=0 and the custom keys' (lr,
+    # weight_decay, decay_mult), against one group per parameter.
+    assert len(options) == 3
+    assert len(default.optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_merged_groups_take_the_default_constructors_adamw_steps_bitwise():
+    torch.manual_seed(0)
+    model = _detector()
+    twin = _detector()
+    twin.load_state_dict(model.state_dict())
+    default, _ = _wrappers(model)
+    _, merged = _wrappers(twin)
+    for step in range(3):
+        for m in (model, twin):
+            torch.manual_seed(step)
+            for p in m.parameters():
+                p.grad = torch.randn_like(p)
+        default.step()
+        merged.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_merge_param_groups_keeps_first_appearance_order():
+    from sasa_det.engine.optimizers import merge_param_groups
+    a, b, c, d = (torch.nn.Parameter(torch.zeros(1)) for _ in range(4))
+    groups = [dict(params=[a], lr=1.0), dict(params=[b], lr=2.0), dict(params=[c], lr=1.0),
+              dict(params=[d])]
+    merged = merge_param_groups(groups)
+    assert [g['params'] for g in merged] == [[a, c], [b], [d]]
+    assert [g.get('lr') for g in merged] == [1.0, 2.0, None]
+    assert groups[0]['params'] == [a]  # the input groups are left as they were

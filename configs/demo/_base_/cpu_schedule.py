@@ -18,12 +18,16 @@ param_scheduler = [
 # One recipe for every demo model, conv and attention alike: the best measured for the conv model
 # (docs/ablations.md). Attention's positional parameters (relative tables, position biases,
 # cosine temperatures) take no weight decay; the conv model has none of them. Norms keep theirs,
-# as in the conv model's measured recipe.
+# as in the conv model's measured recipe. The optimizer step is written for speed on small
+# models: one parameter group per set of options (mmengine's constructor makes one per parameter),
+# torch's fused AdamW and the clip's norms in one foreach call: 4 ms a step for either demo model
+# against 12-20 ms with one group per parameter and the per-tensor loops (docs/performance.md).
 no_decay = dict(decay_mult=0.0)
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=0.003, weight_decay=0.05),
-    clip_grad=dict(max_norm=35, norm_type=2),
+    constructor='MergedGroupsOptimWrapperConstructor',
+    optimizer=dict(type='AdamW', lr=0.003, weight_decay=0.05, fused=True),
+    clip_grad=dict(max_norm=35, norm_type=2, foreach=True),
     paramwise_cfg=dict(custom_keys={
         '.rel_row': no_decay, '.rel_col': no_decay, '.position_bias': no_decay,
         '.logit_scale': no_decay}))
