@@ -2,9 +2,10 @@
 
 The extension (``csrc/local_attention.cpp``, and ``csrc/cosine_qk.cpp`` with the cosine
 similarity's normalisation of q and k for :mod:`sasa_det.ops.cpu_layer`) is compiled with
-``torch.utils.cpp_extension.load`` the first time a CPU tensor reaches :func:`sasa_det.ops.local_attention_2d`, and cached in torch's
-extension directory (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), so only the
-first use in a fresh environment pays the ~1 minute build. Where no compiler is present or the
+``torch.utils.cpp_extension.load`` the first time a CPU tensor reaches
+:func:`sasa_det.ops.local_attention_2d`, and cached in torch's extension directory
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), so only the first use in a
+fresh environment pays the ~1 minute build. Where no compiler is present or the
 build fails, :func:`is_available` is False, one warning is issued, and the dispatcher falls back to
 the pure-PyTorch sliced path. Set ``SASA_DET_DISABLE_CPU_KERNEL=1`` to skip the kernel entirely.
 
