@@ -108,12 +108,12 @@ T backward_plane(const T* x, const T* dy, T* d_x, const Planes& g, T t, T eps2) 
 template <typename T>
 void backward_impl(const T* x, const T* d_q, const T* d_k, const T* d_v, const T* temperature,
                    T* d_x, T* plane_sums, const Planes& g, T eps2) {
-  const int64_t plane = g.d * g.P, part = g.heads * plane;
+  const int64_t plane = g.d * g.P, part_size = g.heads * plane;  // one image's q, k or v
   at::parallel_for(0, g.count() + g.B, g.grain(), [&](int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
       if (u >= g.count()) {  // d v: image b's part 2, copied
         const int64_t b = u - g.count();
-        std::copy(d_v + b * part, d_v + (b + 1) * part, d_x + (b * 3 + 2) * part);
+        std::copy(d_v + b * part_size, d_v + (b + 1) * part_size, d_x + (b * 3 + 2) * part_size);
         continue;
       }
       const bool is_q = g.part(u) == 0;
