@@ -24,15 +24,14 @@ def merge_param_groups(groups: List[dict]) -> List[dict]:
     """Groups with equal options (every key but 'params') as one group each, in the order their
     first parameter appears; the parameters keep their order within each group."""
     merged: List[dict] = []
+    merged_options: List[dict] = []  # merged[i]'s options, every key but 'params'
     for group in groups:
         options = {key: value for key, value in group.items() if key != 'params'}
-        target = next((g for g in merged
-                       if {key: value for key, value in g.items() if key != 'params'} == options),
-                      None)
-        if target is None:
-            merged.append(dict(options, params=list(group['params'])))
+        if options in merged_options:
+            merged[merged_options.index(options)]['params'].extend(group['params'])
         else:
-            target['params'].extend(group['params'])
+            merged_options.append(options)
+            merged.append(dict(options, params=list(group['params'])))
     return merged
 
 
